@@ -1,0 +1,45 @@
+"""mixlab: finite mixtures fitted by EM, SVI and NUTS on one model, compared side by side.
+
+>>> import mixlab as ml
+>>> X = ml.datasets.load("faithful")
+>>> em = ml.fit(X, 2, method=ml.EM(n_init=8), key=0)
+"""
+
+from mixlab import datasets, families
+from mixlab.api import fit
+from mixlab.em import (
+    ELBOResult,
+    EStepResult,
+    e_step,
+    elbo,
+    log_likelihood,
+    log_prob_components,
+    m_step,
+)
+from mixlab.errors import ConvergenceWarning, FitError, LoadError
+from mixlab.methods import EM
+from mixlab.params import MixtureParams
+from mixlab.result import FitResult, Restarts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EM",
+    "ConvergenceWarning",
+    "ELBOResult",
+    "EStepResult",
+    "FitError",
+    "FitResult",
+    "LoadError",
+    "MixtureParams",
+    "Restarts",
+    "__version__",
+    "datasets",
+    "e_step",
+    "elbo",
+    "families",
+    "fit",
+    "log_likelihood",
+    "log_prob_components",
+    "m_step",
+]

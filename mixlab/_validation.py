@@ -1,0 +1,110 @@
+"""Argument checks at the public boundary.
+
+Every message names the problem and what to do about it.  Nothing here
+modifies the caller's arrays: conversions always produce new arrays.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def check_data(X: Any, dtype: np.dtype, name: str = "X", min_samples: int = 1) -> np.ndarray:
+    """Validate data and return a fresh 2-D array of ``dtype``.
+
+    1-D input is one feature: shape ``(n_samples,)`` becomes ``(n_samples, 1)``.
+
+    Raises
+    ------
+    TypeError
+        Non-numeric data (strings, objects, complex numbers).
+    ValueError
+        Empty data, more than two dimensions, NaN or infinite values, or fewer
+        than ``min_samples`` rows.
+    """
+    if X is None:
+        raise TypeError(f"{name} is None; pass an array of shape (n_samples, n_features)")
+    if hasattr(X, "to_numpy") and callable(X.to_numpy):  # pandas DataFrame / Series
+        X = X.to_numpy()
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(
+            f"{name} could not be read as a numeric array ({exc}); "
+            "pass an array of shape (n_samples, n_features)"
+        ) from None
+    if arr.dtype == object or arr.dtype.kind in "USVMmOc":
+        kind = "complex numbers" if arr.dtype.kind == "c" else f"dtype {arr.dtype}"
+        raise TypeError(
+            f"{name} must be numeric (floats or ints), got {kind}; "
+            "convert it with np.asarray(X, dtype=float) or select the numeric columns"
+        )
+    if arr.dtype.kind == "b":
+        arr = arr.astype(dtype)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} is a scalar; pass an array of shape (n_samples, n_features)")
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} has {arr.ndim} dimensions (shape {arr.shape}); expected 2: "
+            "(n_samples, n_features). Reshape it, e.g. X.reshape(len(X), -1)"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty (shape {arr.shape}); it needs at least one sample and one feature"
+        )
+    # np.array(copy=True) so the caller's array is never aliased.
+    out = np.array(arr, dtype=dtype, copy=True)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        n_nan = int(np.isnan(out).sum())
+        what = "NaN" if n_nan else "infinite values"
+        cols = np.flatnonzero(bad.any(axis=0))
+        rows = np.flatnonzero(bad.any(axis=1))
+        col_txt = ", ".join(str(c) for c in cols[:5]) + (" ..." if len(cols) > 5 else "")
+        if np.isfinite(np.asarray(arr, dtype=np.float64)).all():
+            raise ValueError(
+                f"{name} overflows {dtype} in column {col_txt}; "
+                "rescale the data or use dtype=float64"
+            )
+        raise ValueError(
+            f"{name} contains {what} in column {col_txt} ({len(rows)} row(s), first at row "
+            f"{rows[0]}); drop or impute those rows before fitting"
+        )
+    if out.shape[0] < min_samples:
+        raise ValueError(
+            f"{name} has {out.shape[0]} sample(s) but n_components={min_samples}; "
+            "use fewer components or more data"
+        )
+    return out
+
+
+def check_int(value: Any, name: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(value: Any, name: str, minimum: float | None = None, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be {op} {minimum}, got {value}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value

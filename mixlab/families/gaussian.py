@@ -1,0 +1,362 @@
+"""Gaussian components in scikit-learn's four covariance layouts.
+
+Log-densities go through the Cholesky factor ``P_k`` of the precision:
+``y = x P_k - mu_k P_k``, ``log p = -0.5 (D log 2 pi + |y|^2) + sum log diag P_k``.
+For full covariances the K factors are stacked into one ``D x KD`` matrix so a
+whole E-step is a single matrix product.
+
+The M-step statistics are centred on the new means (``x - mu_k`` is formed
+before any product), so variances cannot come out negative in float32, as the
+uncentred ``E[x x^T] - mu mu^T`` formula can.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixlab.families.base import Family, register
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+_PD_ADVICE = "increase reg_covar, use fewer components, or rescale the data"
+
+
+def _cholesky_precision(covariances: jax.Array) -> jax.Array:
+    """Upper factors ``P`` with ``P @ P.T = inv(C)`` for a stack of SPD matrices."""
+    chol = jnp.linalg.cholesky(covariances)
+    eye = jnp.broadcast_to(jnp.eye(covariances.shape[-1], dtype=covariances.dtype), chol.shape)
+    inv_chol = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    return jnp.swapaxes(inv_chol, -1, -2)
+
+
+def _log_det_upper(prec_chol: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+def _upper_pairs(n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the upper triangle (diagonal included)."""
+    return np.triu_indices(n_features)
+
+
+def _pair_products(X: jax.Array) -> jax.Array:
+    """``x_d * x_e`` for every ``d <= e``: shape ``(n_samples, D (D + 1) / 2)``."""
+    rows, cols = _upper_pairs(X.shape[-1])
+    return X[:, rows] * X[:, cols]
+
+
+def _quadratic_coefficients(prec: jax.Array) -> jax.Array:
+    """Coefficients of ``-0.5 x^T prec x`` on the pair products, shape ``(T, K)``."""
+    rows, cols = _upper_pairs(prec.shape[-1])
+    scale = np.where(rows == cols, -0.5, -1.0)
+    return (prec[..., rows, cols] * scale).T
+
+
+def _symmetric_from_pairs(values: jax.Array, n_features: int) -> jax.Array:
+    """Inverse of the pair layout: ``(..., T)`` to symmetric ``(..., D, D)``."""
+    rows, cols = _upper_pairs(n_features)
+    out = jnp.zeros((*values.shape[:-1], n_features, n_features), values.dtype)
+    return out.at[..., rows, cols].set(values).at[..., cols, rows].set(values)
+
+
+def _check_spd(matrix: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    scale = max(float(np.max(np.abs(matrix))), np.finfo(np.float64).tiny)
+    if not np.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-10 * scale):
+        raise ValueError(f"{what} is not symmetric; pass (C + C.T) / 2")
+    eigmin = float(np.linalg.eigvalsh(np.asarray(matrix, dtype=np.float64))[0])
+    if eigmin <= 0:
+        raise ValueError(
+            f"{what} is not positive definite (smallest eigenvalue {eigmin:.3g}); {_PD_ADVICE}"
+        )
+
+
+def _check_positive(values: np.ndarray, what: str, index_name: str) -> None:
+    values = np.asarray(values)
+    bad = ~np.isfinite(values) | (values <= 0)
+    if bad.any():
+        idx = np.argwhere(bad)[0]
+        loc = ", ".join(str(int(i)) for i in idx)
+        raise ValueError(
+            f"{what}[{loc}] = {float(values[tuple(idx)]):.6g} must be a positive finite "
+            f"variance (indexed by {index_name})"
+        )
+
+
+class _Gaussian(Family):
+    family = "gaussian"
+
+    def _expect_shape(self, covariances: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if covariances.shape != shape:
+            raise ValueError(
+                f"covariances for covariance_type={self.covariance_type!r} must have shape "
+                f"{shape}, got {covariances.shape}"
+            )
+        return covariances
+
+
+@register
+class FullGaussian(_Gaussian):
+    """Each component has its own full covariance matrix, shape ``(K, D, D)``."""
+
+    covariance_type = "full"
+
+    def covariance_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
+        return (n_components, n_features, n_features)
+
+    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
+        return n_components * n_features * (n_features + 1) // 2
+
+    def coerce_covariances(self, covariances, n_components, n_features):
+        if n_features == 1 and covariances.shape in ((n_components,), (n_components, 1)):
+            covariances = covariances.reshape(n_components, 1, 1)
+        return self._expect_shape(covariances, (n_components, n_features, n_features))
+
+    def check_covariances(self, covariances):
+        for k, cov in enumerate(covariances):
+            _check_spd(cov, f"covariances[{k}] (component {k})")
+
+    def precision_cholesky(self, covariances):
+        return _cholesky_precision(covariances)
+
+    def log_prob(self, X, means, prec_chol):
+        n_components, n_features = means.shape
+        # One matrix product for all components: columns k*D..(k+1)*D hold P_k.
+        stacked = jnp.transpose(prec_chol, (1, 0, 2)).reshape(n_features, n_components * n_features)
+        offset = jnp.einsum("kd,kde->ke", means, prec_chol).reshape(-1)
+        y = (X @ stacked - offset).reshape(X.shape[0], n_components, n_features)
+        sq = jnp.sum(jnp.square(y), axis=-1)
+        return -0.5 * (n_features * LOG_2PI + sq) + _log_det_upper(prec_chol)
+
+    def covariance_stats(self, X, resp, means):
+        diff = X[None, :, :] - means[:, None, :]  # (K, N, D), centred on the new means
+        weighted = diff * resp.T[:, :, None]
+        return jnp.einsum("knd,kne->kde", weighted, diff)
+
+    def covariances_from_stats(self, stats, nk, reg_covar):
+        cov = stats / nk[:, None, None]
+        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+        return cov + reg_covar * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+
+    def moment_features(self, X):
+        return _pair_products(X)
+
+    def n_moment_features(self, n_features):
+        return n_features * (n_features + 1) // 2
+
+    def expanded_coefficients(self, means, prec_chol):
+        n_features = means.shape[1]
+        prec = jnp.einsum("kde,kfe->kdf", prec_chol, prec_chol)
+        lin = jnp.einsum("kde,ke->kd", prec, means)
+        const = (
+            -0.5 * jnp.sum(lin * means, axis=1)
+            + _log_det_upper(prec_chol)
+            - 0.5 * n_features * LOG_2PI
+        )
+        return _quadratic_coefficients(prec), lin.T, const
+
+    def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
+        n_features = means.shape[1]
+        second = _symmetric_from_pairs(moments / nk[:, None], n_features)
+        shift = mean_x - means  # parallel-axis term; zero unless means are held fixed
+        cov = (
+            second - mean_x[:, :, None] * mean_x[:, None, :] + shift[:, :, None] * shift[:, None, :]
+        )
+        return cov + reg_covar * jnp.eye(n_features, dtype=cov.dtype)
+
+    def to_full(self, covariances, n_components, n_features):
+        return covariances
+
+
+@register
+class DiagGaussian(_Gaussian):
+    """Each component has a diagonal covariance, stored as variances ``(K, D)``."""
+
+    covariance_type = "diag"
+
+    def covariance_shape(self, n_components, n_features):
+        return (n_components, n_features)
+
+    def n_covariance_parameters(self, n_components, n_features):
+        return n_components * n_features
+
+    def coerce_covariances(self, covariances, n_components, n_features):
+        if n_features == 1 and covariances.shape == (n_components,):
+            covariances = covariances.reshape(n_components, 1)
+        return self._expect_shape(covariances, (n_components, n_features))
+
+    def check_covariances(self, covariances):
+        _check_positive(covariances, "covariances", "component, feature")
+
+    def precision_cholesky(self, covariances):
+        return jax.lax.rsqrt(covariances)
+
+    def log_prob(self, X, means, prec_chol):
+        n_features = means.shape[1]
+        y = (X[:, None, :] - means[None, :, :]) * prec_chol[None, :, :]
+        sq = jnp.sum(jnp.square(y), axis=-1)
+        return -0.5 * (n_features * LOG_2PI + sq) + jnp.sum(jnp.log(prec_chol), axis=1)
+
+    def covariance_stats(self, X, resp, means):
+        diff = X[:, None, :] - means[None, :, :]  # (N, K, D)
+        return jnp.einsum("nk,nkd->kd", resp, jnp.square(diff))
+
+    def covariances_from_stats(self, stats, nk, reg_covar):
+        return stats / nk[:, None] + reg_covar
+
+    def moment_features(self, X):
+        return jnp.square(X)
+
+    def n_moment_features(self, n_features):
+        return n_features
+
+    def expanded_coefficients(self, means, prec_chol):
+        n_features = means.shape[1]
+        prec = jnp.square(prec_chol)
+        const = (
+            -0.5 * jnp.sum(jnp.square(means) * prec, axis=1)
+            + jnp.sum(jnp.log(prec_chol), axis=1)
+            - 0.5 * n_features * LOG_2PI
+        )
+        return -0.5 * prec.T, (means * prec).T, const
+
+    def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
+        return moments / nk[:, None] - jnp.square(mean_x) + jnp.square(mean_x - means) + reg_covar
+
+    def to_full(self, covariances, n_components, n_features):
+        return covariances[:, :, None] * jnp.eye(n_features, dtype=covariances.dtype)
+
+
+@register
+class SphericalGaussian(DiagGaussian):
+    """Each component has one variance for all features, stored as ``(K,)``."""
+
+    covariance_type = "spherical"
+
+    def covariance_shape(self, n_components, n_features):
+        return (n_components,)
+
+    def n_covariance_parameters(self, n_components, n_features):
+        return n_components
+
+    def coerce_covariances(self, covariances, n_components, n_features):
+        if covariances.shape == (n_components, 1):
+            covariances = covariances.reshape(n_components)
+        return self._expect_shape(covariances, (n_components,))
+
+    def check_covariances(self, covariances):
+        _check_positive(covariances, "covariances", "component")
+
+    def log_prob(self, X, means, prec_chol):
+        n_features = means.shape[1]
+        sq = jnp.sum(jnp.square(X[:, None, :] - means[None, :, :]), axis=-1)
+        sq = sq * jnp.square(prec_chol)[None, :]
+        return -0.5 * (n_features * LOG_2PI + sq) + n_features * jnp.log(prec_chol)
+
+    def covariances_from_stats(self, stats, nk, reg_covar):
+        # Mean over features of the diagonal estimate, as scikit-learn does.
+        return jnp.mean(stats / nk[:, None] + reg_covar, axis=1)
+
+    def moment_features(self, X):
+        return jnp.sum(jnp.square(X), axis=1, keepdims=True)
+
+    def n_moment_features(self, n_features):
+        return 1
+
+    def expanded_coefficients(self, means, prec_chol):
+        n_features = means.shape[1]
+        prec = jnp.square(prec_chol)
+        const = (
+            -0.5 * prec * jnp.sum(jnp.square(means), axis=1)
+            + n_features * jnp.log(prec_chol)
+            - 0.5 * n_features * LOG_2PI
+        )
+        return -0.5 * prec[None, :], (means * prec[:, None]).T, const
+
+    def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
+        n_features = means.shape[1]
+        total = (
+            moments[:, 0] / nk
+            - jnp.sum(jnp.square(mean_x), axis=1)
+            + jnp.sum(jnp.square(mean_x - means), axis=1)
+        )
+        return total / n_features + reg_covar
+
+    def to_full(self, covariances, n_components, n_features):
+        return covariances[:, None, None] * jnp.eye(n_features, dtype=covariances.dtype)
+
+
+@register
+class TiedGaussian(_Gaussian):
+    """All components share one full covariance matrix, shape ``(D, D)``."""
+
+    covariance_type = "tied"
+    per_component_covariance = False
+
+    def covariance_shape(self, n_components, n_features):
+        return (n_features, n_features)
+
+    def n_covariance_parameters(self, n_components, n_features):
+        return n_features * (n_features + 1) // 2
+
+    def coerce_covariances(self, covariances, n_components, n_features):
+        if n_features == 1 and covariances.size == 1:
+            covariances = covariances.reshape(1, 1)
+        return self._expect_shape(covariances, (n_features, n_features))
+
+    def check_covariances(self, covariances):
+        _check_spd(covariances, "covariances (the tied covariance)")
+
+    def precision_cholesky(self, covariances):
+        return _cholesky_precision(covariances)
+
+    def log_prob(self, X, means, prec_chol):
+        n_features = means.shape[1]
+        y = (X @ prec_chol)[:, None, :] - (means @ prec_chol)[None, :, :]
+        sq = jnp.sum(jnp.square(y), axis=-1)
+        return -0.5 * (n_features * LOG_2PI + sq) + _log_det_upper(prec_chol)
+
+    def covariance_stats(self, X, resp, means):
+        diff = X[None, :, :] - means[:, None, :]
+        weighted = diff * resp.T[:, :, None]
+        return jnp.einsum("knd,kne->de", weighted, diff)
+
+    def covariances_from_stats(self, stats, nk, reg_covar: Any):
+        cov = stats / jnp.sum(nk)
+        cov = 0.5 * (cov + cov.T)
+        return cov + reg_covar * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+
+    def moment_features(self, X):
+        return _pair_products(X)
+
+    def n_moment_features(self, n_features):
+        return n_features * (n_features + 1) // 2
+
+    def expanded_coefficients(self, means, prec_chol):
+        n_components, n_features = means.shape
+        prec = prec_chol @ prec_chol.T
+        lin = means @ prec
+        const = (
+            -0.5 * jnp.sum(lin * means, axis=1)
+            + _log_det_upper(prec_chol)
+            - 0.5 * n_features * LOG_2PI
+        )
+        quad = _quadratic_coefficients(prec)  # (T,): the quadratic form is shared
+        return jnp.broadcast_to(quad[:, None], (quad.shape[0], n_components)), lin.T, const
+
+    def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
+        n_features = means.shape[1]
+        second = _symmetric_from_pairs(jnp.sum(moments, axis=0), n_features)
+        shift = mean_x - means
+        between = jnp.einsum("k,kd,ke->de", nk, mean_x, mean_x)
+        offset = jnp.einsum("k,kd,ke->de", nk, shift, shift)
+        cov = (second - between + offset) / jnp.sum(nk)
+        return cov + reg_covar * jnp.eye(n_features, dtype=cov.dtype)
+
+    def to_full(self, covariances, n_components, n_features):
+        return jnp.broadcast_to(covariances, (n_components, n_features, n_features))

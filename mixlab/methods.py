@@ -1,0 +1,143 @@
+"""Method objects: the settings of each way to fit a mixture.
+
+``ml.fit(X, k, method=ml.EM(...) | ml.SVI(...) | ml.NUTS(...))``.  Each is a
+frozen dataclass validated on construction, so a bad setting fails where it is
+written, not deep inside a compiled loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mixlab._validation import check_choice, check_float, check_int
+from mixlab.em.init import INIT_METHODS
+from mixlab.params import MixtureParams
+
+FIXABLE = ("weights", "means", "covariances")
+
+
+class Method:
+    """Base class of the method objects."""
+
+    name: ClassVar[str]
+
+    def settings(self) -> dict[str, Any]:
+        """Settings as plain JSON-friendly values (explicit starts become lists)."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():  # type: ignore[call-overload]
+            out[key] = _jsonable(value)
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, MixtureParams):
+        return {k: _jsonable(v) for k, v in value.to_dict().items()}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray | np.generic):
+        return np.asarray(value).tolist()
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class EM(Method):
+    """Maximum likelihood by expectation-maximisation (jitted JAX).
+
+    Parameters
+    ----------
+    tol : float, default 1e-3
+        Stop when the change of the mean per-sample log-likelihood between
+        iterations is below ``tol`` (scikit-learn's convention). ``0`` runs
+        exactly ``max_iter`` iterations.
+    max_iter : int, default 100
+        Iterations per restart at most.
+    n_init : int, default 1
+        Restarts, run batched with ``vmap``; the best final log-likelihood wins.
+    init : {"kmeans++", "kmeans", "random_from_data", "random"} or dict or MixtureParams
+        How to start; a dict ``{"weights", "means", "covariances"}`` (scikit-learn's
+        layout for the covariance type) or a :class:`MixtureParams` gives an
+        explicit start.
+    reg_covar : float, default 1e-6
+        Added to every covariance diagonal (scikit-learn's regularisation).
+        The M-step then no longer maximises the ELBO exactly, so the
+        log-likelihood may dip between iterations by a second-order amount,
+        about ``reg_covar**2 / 4 * sum_k N_k tr(Sigma_k^-2)``; ``reg_covar=0``
+        is exact EM, whose log-likelihood never decreases.
+    assignment : {"soft", "hard"}
+        ``"hard"`` is classification EM: each point goes wholly to its most
+        probable component; the trace then holds the classification
+        log-likelihood ``sum_i max_k log(pi_k p(x_i | theta_k))``, which hard EM
+        never decreases.
+    fixed : tuple of {"weights", "means", "covariances"}
+        Parameters held at their starting values.  Hard EM with fixed equal
+        weights and fixed equal spherical covariances is k-means.
+    record_params : bool
+        Keep the parameters of every iteration (``FitResult.params_trace``).
+    chunk_size : int, optional
+        Rows per chunk of the E- and M-steps; by default about 4 MiB of
+        intermediates per chunk, which keeps them in cache.
+    formulation : {"auto", "centred", "expanded"}
+        How the statistics are computed. ``"centred"``: log-densities through
+        ``x P_k - mu_k P_k`` and covariances centred on the new means (two
+        passes over the data; exact in float32).  ``"expanded"``: quadratic
+        forms on the data's second moments (one pass, two to three times
+        faster; uncentred, so a variance loses about ``eps * max |x|^2``).
+        ``"auto"`` uses expanded in float64 when that loss is under 1e-4 of
+        ``reg_covar`` (data centred on its mean), else centred; always centred
+        in float32 and for ``reg_covar=0``.
+    """
+
+    name: ClassVar[str] = "em"
+
+    tol: float = 1e-3
+    max_iter: int = 100
+    n_init: int = 1
+    init: Any = "kmeans++"
+    reg_covar: float = 1e-6
+    assignment: str = "soft"
+    fixed: tuple[str, ...] = field(default=())
+    record_params: bool = False
+    chunk_size: int | None = None
+    formulation: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_float(self.tol, "tol", minimum=0.0)
+        check_int(self.max_iter, "max_iter", minimum=1)
+        check_int(self.n_init, "n_init", minimum=1)
+        check_float(self.reg_covar, "reg_covar", minimum=0.0)
+        check_choice(self.assignment, "assignment", ("soft", "hard"))
+        if isinstance(self.init, str):
+            check_choice(self.init, "init", INIT_METHODS)
+        elif isinstance(self.init, Mapping | MixtureParams):
+            if self.n_init != 1:
+                raise ValueError(
+                    "explicit starting parameters give the same start to every restart; "
+                    f"use n_init=1 (got n_init={self.n_init})"
+                )
+        else:
+            raise TypeError(
+                f"init must be one of {INIT_METHODS}, a dict of starting parameters or a "
+                f"MixtureParams; got {type(self.init).__name__}"
+            )
+        fixed = (self.fixed,) if isinstance(self.fixed, str) else tuple(self.fixed)
+        for name in fixed:
+            check_choice(name, "fixed", FIXABLE)
+        if set(fixed) == set(FIXABLE):
+            raise ValueError("fixed holds every parameter; leave at least one free to fit")
+        object.__setattr__(self, "fixed", fixed)
+        if not isinstance(self.record_params, bool | np.bool_):
+            raise TypeError("record_params must be True or False")
+        if self.chunk_size is not None:
+            check_int(self.chunk_size, "chunk_size", minimum=1)
+        check_choice(self.formulation, "formulation", ("auto", "centred", "expanded"))
+
+    def settings(self) -> dict[str, Any]:
+        out = super().settings()
+        out["method"] = self.name
+        return out

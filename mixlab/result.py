@@ -1,0 +1,181 @@
+"""``FitResult``: the one result type of every method (EM, SVI, NUTS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mixlab._jaxutil import KeyLike
+from mixlab.em.steps import e_step, log_likelihood
+from mixlab.params import MixtureParams
+
+
+@dataclass(frozen=True, eq=False)
+class Restarts:
+    """Every EM restart's outcome (seed 001's initialisation study needs them).
+
+    Attributes
+    ----------
+    log_likelihood : array of shape (n_init,)
+        Final total log-likelihood of each restart (NaN where it failed).
+    converged : bool array of shape (n_init,)
+    n_iter : int array of shape (n_init,)
+    status : array of str, shape (n_init,)
+        ``"converged"``, ``"max_iter"``, ``"nonfinite"`` or ``"degenerate"``.
+    best : int
+        Index of the restart whose parameters were kept.
+    keys : uint32 array of shape (n_init, 2), optional
+        Each restart's PRNG key: ``ml.fit(X, k, EM(n_init=1), key=keys[i])``
+        reproduces restart ``i`` alone.  ``None`` for an explicit start.
+    """
+
+    log_likelihood: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+    status: np.ndarray
+    best: int
+    keys: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.log_likelihood)
+
+    def share_reaching_best(self, tolerance: float = 1.0) -> float:
+        """Fraction of restarts ending within ``tolerance`` (total log-likelihood) of the best."""
+        ll = self.log_likelihood
+        best = np.nanmax(ll)
+        return float(np.mean(np.isfinite(ll) & (ll >= best - tolerance)))
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """A fitted mixture, whatever the method.
+
+    Attributes
+    ----------
+    method : {"em", "svi", "nuts"}
+    params : MixtureParams
+        Point estimate: the EM solution, the MAP (SVI delta guide) or the
+        posterior mean of the label-aligned draws.
+    log_likelihood : float
+        Total log-likelihood ``sum_i log p(x_i | params)`` of the fitted data.
+    trace : array
+        EM: the log-likelihood after each iteration (``trace[0]`` is the
+        start, ``trace[n_iter]`` the returned parameters); hard EM: the
+        classification log-likelihood. SVI: the ELBO per step.
+    converged : bool
+        From the stopping rule (never inferred from ``n_iter < max_iter``).
+    n_iter : int
+        EM iterations or SVI steps done.
+    elapsed : float
+        Seconds of compiled run time, compilation excluded.
+    compile_time : float
+        Seconds spent compiling (0 when a cached program was reused).
+    n_samples : int
+        Rows of the data fitted.
+    posterior : dict of str to array, optional
+        SVI/NUTS draws with leading ``(chain, draw)`` axes, labels aligned.
+    params_trace : MixtureParams, optional
+        EM parameters after every iteration (leading axis ``n_iter + 1``),
+        when ``EM(record_params=True)``.
+    restarts : Restarts, optional
+        EM: every restart's final log-likelihood and convergence flag.
+    settings : dict
+        The method's settings and the fit's arguments.
+    diagnostics : dict
+        Method-specific extras (divergences, ELBO estimate, status).
+    """
+
+    method: str
+    params: MixtureParams
+    log_likelihood: float
+    trace: np.ndarray
+    converged: bool
+    n_iter: int
+    elapsed: float
+    n_samples: int
+    compile_time: float = 0.0
+    posterior: dict[str, np.ndarray] | None = None
+    params_trace: MixtureParams | None = None
+    restarts: Restarts | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ prediction
+    @property
+    def n_components(self) -> int:
+        return self.params.n_components
+
+    @property
+    def n_features(self) -> int:
+        return self.params.n_features
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Responsibilities ``p(z = k | x)``, shape ``(n_samples, n_components)``."""
+        return np.exp(e_step(X, self.params).log_resp)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable component of each row, shape ``(n_samples,)``."""
+        return np.argmax(e_step(X, self.params).log_resp, axis=1)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Per-sample log-likelihood ``log p(x_i)``, shape ``(n_samples,)``."""
+        return np.asarray(e_step(X, self.params).log_prob_norm)
+
+    def score(self, X: Any) -> float:
+        """Mean per-sample log-likelihood (scikit-learn's ``score``)."""
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, key: KeyLike, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``(X, labels)`` from the fitted mixture; see :meth:`MixtureParams.sample`."""
+        return self.params.sample(key, n_samples)
+
+    # ------------------------------------------------------ model selection
+    @property
+    def n_parameters(self) -> int:
+        """Free parameters, counted as scikit-learn does."""
+        return self.params.family_impl.n_parameters(self.n_components, self.n_features)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on ``X`` (lower is better)."""
+        n = np.shape(X)[0]
+        return float(-2.0 * log_likelihood(X, self.params) + self.n_parameters * np.log(n))
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on ``X`` (lower is better)."""
+        return float(-2.0 * log_likelihood(X, self.params) + 2.0 * self.n_parameters)
+
+    # ------------------------------------------------------------- display
+    def summary(self) -> str:
+        """A short human-readable table of the fit."""
+        p = self.params
+        lines = [
+            f"{self.method.upper()} fit: {p.n_components} component(s), {p.n_features} feature(s), "
+            f"covariance_type={p.covariance_type!r}, n_samples={self.n_samples}",
+            f"log-likelihood {self.log_likelihood:.6g}  converged={self.converged}  "
+            f"n_iter={self.n_iter}  time {self.elapsed:.3g}s (+{self.compile_time:.3g}s compile)",
+        ]
+        if self.restarts is not None and len(self.restarts) > 1:
+            ll = self.restarts.log_likelihood
+            lines.append(
+                f"restarts: {len(ll)}, best #{self.restarts.best}, final log-likelihoods "
+                f"min {np.nanmin(ll):.6g} / median {np.nanmedian(ll):.6g} / max {np.nanmax(ll):.6g}"
+            )
+        cov = p.full_covariances()
+        for k in range(p.n_components):
+            sd = np.sqrt(np.diagonal(cov[k]))
+            lines.append(
+                f"  component {k}: weight {p.weights[k]:.4f}  mean "
+                f"{np.array2string(np.asarray(p.means[k]), precision=4)}  sd "
+                f"{np.array2string(sd, precision=4)}"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"FitResult(method={self.method!r}, n_components={self.n_components}, "
+            f"covariance_type={self.params.covariance_type!r}, "
+            f"log_likelihood={self.log_likelihood:.6g}, converged={self.converged}, "
+            f"n_iter={self.n_iter})"
+        )

@@ -1,0 +1,120 @@
+"""Bad input to the public API: each case names the exception and the message it must give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mixlab as ml
+
+X_OK = np.random.default_rng(0).normal(size=(30, 2))
+X_NAN = X_OK.copy()
+X_NAN[4, 1] = np.nan
+X_INF = X_OK.copy()
+X_INF[2, 0] = np.inf
+GOOD_START = {
+    "weights": [0.5, 0.5],
+    "means": [[0.0, 0.0], [1.0, 1.0]],
+    "covariances": np.tile(np.eye(2), (2, 1, 1)),
+}
+
+
+def _start(**changes):
+    out = dict(GOOD_START)
+    out.update(changes)
+    return out
+
+
+FIT_CASES = [
+    # (args, kwargs, exception, message fragment)
+    ((X_NAN, 2), {}, ValueError, r"X contains NaN in column 1 \(1 row\(s\), first at row 4\)"),
+    ((X_INF, 2), {}, ValueError, "X contains infinite values in column 0"),
+    ((np.zeros((3, 4, 2)), 2), {}, ValueError, "X has 3 dimensions"),
+    ((np.array([["a", "b"], ["c", "d"]]), 1), {}, TypeError, "X must be numeric"),
+    ((np.zeros((0, 2)), 1), {}, ValueError, "X is empty"),
+    ((None, 1), {}, TypeError, "X is None"),
+    ((X_OK[:3], 4), {}, ValueError, "X has 3 sample.*n_components=4"),
+    ((X_OK, 0), {}, ValueError, "n_components must be >= 1"),
+    ((X_OK, 2.5), {}, TypeError, "n_components must be an int"),
+    ((X_OK, 2), {"covariance": "ful"}, ValueError, "unknown covariance type 'ful'"),
+    ((X_OK, 2), {"method": "em"}, TypeError, "method must be ml.EM"),
+    ((X_OK, 2), {"key": "zero"}, TypeError, "key must be an int seed or a jax.random key"),
+    ((X_OK, 2), {"key": -1}, ValueError, "non-negative"),
+    ((X_OK, 2), {"dtype": np.int32}, ValueError, "dtype must be float32 or float64"),
+    (
+        (X_OK, 2),
+        {"method": ml.EM(init=_start(weights=[0.5, 0.6]))},
+        ValueError,
+        "weights sum to 1.1",
+    ),
+    (
+        (X_OK, 2),
+        {
+            "method": ml.EM(
+                init=_start(
+                    means=[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]],
+                    covariances=np.tile(np.eye(3), (2, 1, 1)),
+                )
+            )
+        },
+        ValueError,
+        r"starting means have 3 feature\(s\) but X has 2",
+    ),
+    (
+        (X_OK, 3),
+        {"method": ml.EM(init=GOOD_START)},
+        ValueError,
+        "starting parameters have 2 components but n_components=3",
+    ),
+    (
+        (X_OK, 2),
+        {"method": ml.EM(init=_start(covariances=np.array([[[1, 2], [2, 1]], np.eye(2)])))},
+        ValueError,
+        "not positive definite",
+    ),
+    (
+        (X_OK, 2),
+        {"method": ml.EM(init=_start(covariances=np.ones((2, 2))))},
+        ValueError,
+        r"must have shape \(2, 2, 2\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "exc", "message"), FIT_CASES)
+def test_fit_rejects_bad_input(args, kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        ml.fit(*args, **kwargs)
+
+
+EM_CASES = [
+    ({"tol": -1.0}, ValueError, "tol must be >= 0"),
+    ({"tol": float("nan")}, ValueError, "tol must be finite"),
+    ({"max_iter": 0}, ValueError, "max_iter must be >= 1"),
+    ({"max_iter": 10.0}, TypeError, "max_iter must be an int"),
+    ({"n_init": 0}, ValueError, "n_init must be >= 1"),
+    ({"reg_covar": -1e-3}, ValueError, "reg_covar must be >= 0"),
+    ({"init": "kmeans+"}, ValueError, "init must be one of"),
+    ({"init": 3}, TypeError, "init must be one of"),
+    ({"init": GOOD_START, "n_init": 4}, ValueError, "use n_init=1"),
+    ({"assignment": "fuzzy"}, ValueError, "assignment must be one of"),
+    ({"fixed": ("weights", "means", "covariances")}, ValueError, "leave at least one"),
+    ({"fixed": ("mean",)}, ValueError, "fixed must be one of"),
+    ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
+    ({"formulation": "fast"}, ValueError, "formulation must be one of"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "message"), EM_CASES)
+def test_em_settings_are_checked_on_construction(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        ml.EM(**kwargs)
+
+
+def test_pandas_and_lists_are_accepted():
+    import pandas as pd
+
+    df = pd.DataFrame(X_OK, columns=["a", "b"])
+    r1 = ml.fit(df, 2, key=0)
+    r2 = ml.fit(X_OK.tolist(), 2, key=0)
+    np.testing.assert_array_equal(r1.params.means, r2.params.means)

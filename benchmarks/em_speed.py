@@ -23,6 +23,8 @@ import argparse
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 import warnings
 
@@ -123,14 +125,44 @@ def run_gmmx(X, start, iters):
     return seconds, int(res.n_iter), bool(np.isfinite(ll)), ll
 
 
+MEMORY_CASE = (1_000_000, 16, 32, 3)
+
+
+def memory_probe() -> None:
+    """Fit the largest case with mixlab alone and print this process's peak RSS."""
+    n, k, d, iters = MEMORY_CASE
+    X, start = make_data(n, k, d)
+    data_gib = X.nbytes / 2**30
+    run_mixlab(X, start, iters)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"{peak:.3f} {data_gib:.3f}")
+
+
+def measure_memory() -> str:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-probe"], capture_output=True, text=True, check=True
+    )
+    peak, data = (float(v) for v in out.stdout.split()[-2:])
+    n, k, d, _ = MEMORY_CASE
+    return (
+        f"peak resident memory, mixlab alone at N={n:,} K={k} D={d} float64: {peak:.2f} GiB "
+        f"(the data itself: {data:.2f} GiB; target < 3 GiB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory probe")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case, best kept")
     parser.add_argument(
         "--cases", type=str, default=None, help="comma-separated case indices to run (default: all)"
     )
     args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe()
+        return
     cases = QUICK if args.quick else CASES
     if args.cases:
         cases = [cases[int(i)] for i in args.cases.split(",")]
@@ -175,8 +207,8 @@ def main() -> None:
                 f"{'':>22} gmmx float32: {g_s:.3f} s ({sk_s / g_s:.1f}x sklearn), "
                 f"n_iter={g_iter} (asked {iters}), finite={g_finite}, ll={g_ll:.3f}"
             )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"\npeak resident memory of this process: {peak:.2f} GiB")
+    if not args.no_memory:
+        print("\n" + measure_memory())
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@ Pure JAX; never imports NumPyro, ArviZ or matplotlib.  Look a family up with
 with :func:`register`.
 """
 
-from mixlab.families.base import Family, covariance_types, get_family, register
+from mixlab.families.base import Family, PriorSite, covariance_types, get_family, register
 from mixlab.families.gaussian import DiagGaussian, FullGaussian, SphericalGaussian, TiedGaussian
 
 __all__ = [
     "DiagGaussian",
     "Family",
     "FullGaussian",
+    "PriorSite",
     "SphericalGaussian",
     "TiedGaussian",
     "covariance_types",

@@ -17,13 +17,28 @@ Two kinds of methods:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 _REGISTRY: dict[tuple[str, str], type[Family]] = {}
+
+
+class PriorSite(NamedTuple):
+    """One latent site of a family's covariance prior, declared without NumPyro.
+
+    The Bayesian model (``mixlab.bayes``) turns each kind into a distribution:
+    ``"half_normal"`` positive scales (in units of the data's standard
+    deviation), ``"lkj_cholesky"`` Cholesky factors of correlation matrices of
+    size ``dimension``.  ``shape`` is the batch shape of the site.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    dimension: int = 0
 
 
 class Family(ABC):
@@ -38,6 +53,9 @@ class Family(ABC):
     #: False when all components share one covariance (the covariances array
     #: then has no leading component axis).
     per_component_covariance: ClassVar[bool] = True
+    #: True when a covariance is the same in every direction (spherical): the
+    #: data must then be standardised with one scale for all features.
+    isotropic: ClassVar[bool] = False
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other)
@@ -133,6 +151,27 @@ class Family(ABC):
     @abstractmethod
     def to_full(self, covariances: jax.Array, n_components: int, n_features: int) -> jax.Array:
         """Covariances as full matrices, shape ``(n_components, n_features, n_features)``."""
+
+    # ------------------------------------------------ Bayesian parameterisation
+    @abstractmethod
+    def prior_sites(self, n_components: int, n_features: int) -> tuple[PriorSite, ...]:
+        """The latent sites that parameterise the covariances under a prior."""
+
+    @abstractmethod
+    def covariance_from_factors(
+        self, factors: dict[str, jax.Array], n_components: int, n_features: int
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(covariances, prec_chol)`` from values of :meth:`prior_sites`."""
+
+    @abstractmethod
+    def factors_from_covariance(
+        self, covariances: jax.Array, n_components: int, n_features: int
+    ) -> dict[str, jax.Array]:
+        """Inverse of :meth:`covariance_from_factors` (to start a sampler at a point)."""
+
+    @abstractmethod
+    def rescale_covariances(self, covariances: jax.Array, scale: jax.Array) -> jax.Array:
+        """Covariances of ``x * scale`` given those of ``x``; ``scale`` has shape ``(D,)``."""
 
     def component_ok(self, prec_chol: jax.Array, n_components: int) -> jax.Array:
         """Per component: are its precision factors finite? Shape ``(n_components,)``."""

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixlab.families.base import Family, register
+from mixlab.families.base import Family, PriorSite, register
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -61,6 +61,34 @@ def _symmetric_from_pairs(values: jax.Array, n_features: int) -> jax.Array:
     rows, cols = _upper_pairs(n_features)
     out = jnp.zeros((*values.shape[:-1], n_features, n_features), values.dtype)
     return out.at[..., rows, cols].set(values).at[..., cols, rows].set(values)
+
+
+def _from_scaled_correlation(scales: jax.Array, corr_chol: jax.Array | None):
+    """``(covariance, prec_chol)`` of ``diag(s) R diag(s)`` with ``R = corr_chol corr_chol^T``."""
+    if corr_chol is None:  # one feature: the correlation matrix is [[1]]
+        cov_chol = scales[..., :, None]
+    else:
+        cov_chol = scales[..., :, None] * corr_chol
+    cov = cov_chol @ jnp.swapaxes(cov_chol, -1, -2)
+    eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
+    inv_chol = jax.scipy.linalg.solve_triangular(cov_chol, eye, lower=True)
+    return cov, jnp.swapaxes(inv_chol, -1, -2)
+
+
+def _to_scaled_correlation(covariances: jax.Array) -> dict[str, jax.Array]:
+    scales = jnp.sqrt(jnp.diagonal(covariances, axis1=-2, axis2=-1))
+    out = {"scales": scales}
+    if covariances.shape[-1] > 1:
+        corr = covariances / (scales[..., :, None] * scales[..., None, :])
+        out["corr_chol"] = jnp.linalg.cholesky(corr)
+    return out
+
+
+def _scaled_correlation_sites(batch: tuple[int, ...], n_features: int) -> tuple[PriorSite, ...]:
+    sites = [PriorSite("scales", "half_normal", (*batch, n_features))]
+    if n_features > 1:
+        sites.append(PriorSite("corr_chol", "lkj_cholesky", batch, n_features))
+    return tuple(sites)
 
 
 def _check_spd(matrix: np.ndarray, what: str) -> None:
@@ -169,6 +197,18 @@ class FullGaussian(_Gaussian):
         )
         return cov + reg_covar * jnp.eye(n_features, dtype=cov.dtype)
 
+    def prior_sites(self, n_components, n_features):
+        return _scaled_correlation_sites((n_components,), n_features)
+
+    def covariance_from_factors(self, factors, n_components, n_features):
+        return _from_scaled_correlation(factors["scales"], factors.get("corr_chol"))
+
+    def factors_from_covariance(self, covariances, n_components, n_features):
+        return _to_scaled_correlation(covariances)
+
+    def rescale_covariances(self, covariances, scale):
+        return covariances * scale[:, None] * scale[None, :]
+
     def to_full(self, covariances, n_components, n_features):
         return covariances
 
@@ -228,6 +268,19 @@ class DiagGaussian(_Gaussian):
     def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
         return moments / nk[:, None] - jnp.square(mean_x) + jnp.square(mean_x - means) + reg_covar
 
+    def prior_sites(self, n_components, n_features):
+        return (PriorSite("scales", "half_normal", (n_components, n_features)),)
+
+    def covariance_from_factors(self, factors, n_components, n_features):
+        scales = factors["scales"]
+        return jnp.square(scales), 1.0 / scales
+
+    def factors_from_covariance(self, covariances, n_components, n_features):
+        return {"scales": jnp.sqrt(covariances)}
+
+    def rescale_covariances(self, covariances, scale):
+        return covariances * jnp.square(scale)
+
     def to_full(self, covariances, n_components, n_features):
         return covariances[:, :, None] * jnp.eye(n_features, dtype=covariances.dtype)
 
@@ -237,6 +290,7 @@ class SphericalGaussian(DiagGaussian):
     """Each component has one variance for all features, stored as ``(K,)``."""
 
     covariance_type = "spherical"
+    isotropic = True
 
     def covariance_shape(self, n_components, n_features):
         return (n_components,)
@@ -286,6 +340,13 @@ class SphericalGaussian(DiagGaussian):
             + jnp.sum(jnp.square(mean_x - means), axis=1)
         )
         return total / n_features + reg_covar
+
+    def prior_sites(self, n_components, n_features):
+        return (PriorSite("scales", "half_normal", (n_components,)),)
+
+    def rescale_covariances(self, covariances, scale):
+        # isotropic: every entry of ``scale`` is the same
+        return covariances * jnp.square(scale[0])
 
     def to_full(self, covariances, n_components, n_features):
         return covariances[:, None, None] * jnp.eye(n_features, dtype=covariances.dtype)
@@ -357,6 +418,18 @@ class TiedGaussian(_Gaussian):
         offset = jnp.einsum("k,kd,ke->de", nk, shift, shift)
         cov = (second - between + offset) / jnp.sum(nk)
         return cov + reg_covar * jnp.eye(n_features, dtype=cov.dtype)
+
+    def prior_sites(self, n_components, n_features):
+        return _scaled_correlation_sites((), n_features)
+
+    def covariance_from_factors(self, factors, n_components, n_features):
+        return _from_scaled_correlation(factors["scales"], factors.get("corr_chol"))
+
+    def factors_from_covariance(self, covariances, n_components, n_features):
+        return _to_scaled_correlation(covariances)
+
+    def rescale_covariances(self, covariances, scale):
+        return covariances * scale[:, None] * scale[None, :]
 
     def to_full(self, covariances, n_components, n_features):
         return jnp.broadcast_to(covariances, (n_components, n_features, n_features))

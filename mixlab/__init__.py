@@ -7,6 +7,7 @@
 
 from mixlab import datasets, families
 from mixlab.api import fit
+from mixlab.compare import Comparison, compare
 from mixlab.em import (
     ELBOResult,
     EStepResult,
@@ -17,14 +18,18 @@ from mixlab.em import (
     m_step,
 )
 from mixlab.errors import ConvergenceWarning, FitError, LoadError
-from mixlab.methods import EM
+from mixlab.methods import EM, NUTS, SVI
 from mixlab.params import MixtureParams
+from mixlab.priors import Priors
 from mixlab.result import FitResult, Restarts
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EM",
+    "NUTS",
+    "SVI",
+    "Comparison",
     "ConvergenceWarning",
     "ELBOResult",
     "EStepResult",
@@ -32,8 +37,10 @@ __all__ = [
     "FitResult",
     "LoadError",
     "MixtureParams",
+    "Priors",
     "Restarts",
     "__version__",
+    "compare",
     "datasets",
     "e_step",
     "elbo",

@@ -119,3 +119,98 @@ def resolve_dtype(dtype: Any, like: Any = None) -> np.dtype:
 def tiny(dtype: Any) -> float:
     """Ten machine epsilons, the guard scikit-learn adds to component counts."""
     return float(10 * np.finfo(dtype).eps)
+
+
+class CompiledCache:
+    """Ahead-of-time compiled programs keyed by (settings, argument shapes), LRU.
+
+    ``get(key, fn, args)`` returns the compiled program and the seconds spent
+    compiling it (0.0 on a cache hit), so callers can report compile time
+    apart from run time.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self._programs: OrderedDict[Any, Any] = OrderedDict()
+
+    @staticmethod
+    def signature(args: Any) -> tuple[Any, ...]:
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        return (
+            treedef,
+            tuple(
+                (np.shape(a), str(np.asarray(a).dtype) if not hasattr(a, "dtype") else str(a.dtype))
+                for a in leaves
+            ),
+        )
+
+    def get(self, key: Any, fn: Callable[..., Any], args: tuple) -> tuple[Any, float]:
+        import time
+
+        full_key = (key, self.signature(args))
+        if full_key in self._programs:
+            self._programs.move_to_end(full_key)
+            return self._programs[full_key], 0.0
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        seconds = time.perf_counter() - start
+        self._programs[full_key] = compiled
+        while len(self._programs) > self.size:
+            self._programs.popitem(last=False)
+        return compiled, seconds
+
+    def clear(self) -> None:
+        self._programs.clear()
+
+
+class Progress:
+    """Progress bars fed from compiled programs through ``jax.debug.callback``.
+
+    Compiled programs are cached and outlive any one bar, so they report to
+    this class, which forwards to the bar of the run in progress (if any).
+    """
+
+    bar: Any = None
+
+    @classmethod
+    def update(cls, i: Any) -> None:
+        if cls.bar is not None:
+            cls.bar.n = int(i) + 1
+            cls.bar.refresh()
+
+    @staticmethod
+    def every(total: int, enabled: bool) -> int:
+        """Report period for a loop of ``total`` steps (0: no reports)."""
+        return max(1, total // 50) if enabled else 0
+
+    @staticmethod
+    def report(i: Any, every: int, total: int) -> None:
+        """Inside a traced loop: report step ``i`` every ``every`` steps and at the end."""
+        if every:
+            jax.lax.cond(
+                (i % every == 0) | (i == total - 1),
+                lambda: jax.debug.callback(Progress.update, i),
+                lambda: None,
+            )
+
+    @classmethod
+    def run(cls, compiled: Any, args: tuple, total: int, desc: str, enabled: bool) -> tuple:
+        """Call ``compiled(*args)`` with a bar over ``total`` steps; returns (out, seconds)."""
+        import time
+
+        bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc=desc)
+        cls.bar = bar
+        try:
+            start = time.perf_counter()
+            out = jax.block_until_ready(compiled(*args))
+            return out, time.perf_counter() - start
+        finally:
+            cls.bar = None
+            if bar is not None:
+                bar.close()

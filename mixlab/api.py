@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from mixlab._jaxutil import KeyLike, as_key, resolve_dtype
 from mixlab._validation import check_data, check_int
 from mixlab.em.driver import EMStatus, fit_em
 from mixlab.families import Family, get_family
-from mixlab.methods import EM, Method
+from mixlab.methods import EM, NUTS, SVI, Method
 from mixlab.params import MixtureParams
 from mixlab.result import FitResult, Restarts
 
@@ -76,24 +77,39 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
         ),
         settings=method.settings(),
         diagnostics={"status": run.status.name.lower()},
+        data=X,
     )
 
 
-_BACKENDS: dict[type, Callable[..., FitResult]] = {EM: _fit_em}
+def _fit_bayes(
+    X: np.ndarray, n_components: int, family: Family, method: SVI | NUTS, key: Any
+) -> FitResult:
+    from mixlab import bayes  # NumPyro loads here, on first use
+
+    run_fn = bayes.run_svi if isinstance(method, SVI) else bayes.run_nuts
+    with jax.enable_x64(X.dtype == np.float64):
+        run = run_fn(X, n_components, family, method, key)
+    return FitResult(
+        method=method.name,
+        params=run.params,
+        log_likelihood=run.log_likelihood,
+        trace=run.trace,
+        converged=run.converged,
+        n_iter=run.n_iter,
+        elapsed=run.elapsed,
+        compile_time=run.compile_time,
+        n_samples=X.shape[0],
+        posterior=run.posterior,
+        settings=method.settings(),
+        diagnostics=run.diagnostics,
+        data=X,
+    )
 
 
-def register_backend(method_type: type, backend: Callable[..., FitResult]) -> None:
-    """Route ``fit(..., method=method_type(...))`` to ``backend``."""
-    _BACKENDS[method_type] = backend
+_BACKENDS: dict[type, Callable[..., FitResult]] = {EM: _fit_em, SVI: _fit_bayes, NUTS: _fit_bayes}
 
 
 def _backend(method: Method) -> Callable[..., FitResult]:
-    for klass in type(method).__mro__:
-        if klass in _BACKENDS:
-            return _BACKENDS[klass]
-    # The Bayesian back ends register themselves when mixlab.bayes is imported.
-    import mixlab.bayes  # noqa: F401
-
     for klass in type(method).__mro__:
         if klass in _BACKENDS:
             return _BACKENDS[klass]

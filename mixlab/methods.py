@@ -8,7 +8,7 @@ written, not deep inside a compiled loop.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from mixlab._validation import check_choice, check_float, check_int
 from mixlab.em.init import INIT_METHODS
 from mixlab.params import MixtureParams
+from mixlab.priors import Priors
 
 FIXABLE = ("weights", "means", "covariances")
 
@@ -28,12 +29,17 @@ class Method:
     def settings(self) -> dict[str, Any]:
         """Settings as plain JSON-friendly values (explicit starts become lists)."""
         out: dict[str, Any] = {}
-        for key, value in asdict(self).items():  # type: ignore[call-overload]
-            out[key] = _jsonable(value)
+        for f in fields(self):  # type: ignore[arg-type]
+            out[f.name] = _jsonable(getattr(self, f.name))
+        out["method"] = self.name
         return out
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Priors):
+        return value.settings()
+    if isinstance(value, Method):
+        return value.settings()
     if isinstance(value, MixtureParams):
         return {k: _jsonable(v) for k, v in value.to_dict().items()}
     if isinstance(value, Mapping):
@@ -137,7 +143,143 @@ class EM(Method):
             check_int(self.chunk_size, "chunk_size", minimum=1)
         check_choice(self.formulation, "formulation", ("auto", "centred", "expanded"))
 
+
+def _check_bayes_common(method: Any) -> None:
+    if method.priors is not None and not isinstance(method.priors, Priors):
+        raise TypeError(f"priors must be a ml.Priors, got {type(method.priors).__name__}")
+    if method.em is not None and not isinstance(method.em, EM):
+        raise TypeError(
+            f"em must be a ml.EM (the fit used to start and to align), got "
+            f"{type(method.em).__name__}"
+        )
+    if not isinstance(method.progress, bool | np.bool_):
+        raise TypeError("progress must be True or False")
+
+
+@dataclass(frozen=True)
+class SVI(Method):
+    """Stochastic variational inference (NumPyro) on the Bayesian mixture.
+
+    The component assignments are summed out exactly, so the guide covers the
+    continuous parameters only.
+
+    Parameters
+    ----------
+    num_steps : int, default 2000
+    guide : {"delta", "normal", "mvn", "lowrank"}
+        ``"delta"``: MAP (``AutoDelta``); its ELBO is ``log p(X, theta)``.
+        ``"normal"``: mean-field Gaussian (``AutoNormal``). ``"mvn"``: full-rank
+        (``AutoMultivariateNormal``). ``"lowrank"``: low-rank plus diagonal
+        (``AutoLowRankMultivariateNormal``, rank ``rank``).
+    optimizer : numpyro optimizer, optional
+        Default ``numpyro.optim.Adam(learning_rate)``.
+    learning_rate : float, default 0.01
+    num_particles : int, default 1
+        Monte Carlo samples per ELBO gradient.
+    num_draws : int, default 1000
+        Draws taken from the fitted guide for the posterior summaries.
+    elbo_particles : int, default 1000
+        Particles of the final ELBO estimate (reported with its standard error).
+    init : {"em", "prior"}
+        Start the guide at the EM solution (default) or at a prior median.
+    rank : int, optional
+        Rank of the ``"lowrank"`` guide.
+    priors : Priors, optional
+    em : EM, optional
+        Settings of the EM fit used to start and to align labels
+        (default ``EM(n_init=4)``).
+    progress : bool, default True
+        Show a progress bar over the SVI steps.
+    """
+
+    name: ClassVar[str] = "svi"
+
+    num_steps: int = 2000
+    guide: str = "normal"
+    optimizer: Any = None
+    learning_rate: float = 0.01
+    num_particles: int = 1
+    num_draws: int = 1000
+    elbo_particles: int = 1000
+    init: str = "em"
+    rank: int | None = None
+    priors: Priors | None = None
+    em: EM | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(self.num_steps, "num_steps", minimum=1)
+        check_choice(self.guide, "guide", ("delta", "normal", "mvn", "lowrank"))
+        check_float(self.learning_rate, "learning_rate", 0.0, strict=True)
+        check_int(self.num_particles, "num_particles", minimum=1)
+        check_int(self.num_draws, "num_draws", minimum=1)
+        check_int(self.elbo_particles, "elbo_particles", minimum=1)
+        check_choice(self.init, "init", ("em", "prior"))
+        if self.rank is not None:
+            check_int(self.rank, "rank", minimum=1)
+        _check_bayes_common(self)
+
     def settings(self) -> dict[str, Any]:
         out = super().settings()
-        out["method"] = self.name
+        out["optimizer"] = None if self.optimizer is None else repr(self.optimizer)
         return out
+
+
+@dataclass(frozen=True)
+class NUTS(Method):
+    """MCMC with the No-U-Turn sampler (NumPyro) on the Bayesian mixture.
+
+    The component assignments are summed out exactly, so NUTS samples a
+    smooth density over the continuous parameters; draws are relabelled
+    against label switching to match the EM solution.
+
+    Parameters
+    ----------
+    num_warmup : int, default 1000
+    num_samples : int, default 1000
+        Draws kept per chain.
+    num_chains : int, default 4
+    init : {"em", "prior"}
+        Start every chain near the EM solution (default; each chain jittered
+        by ``init_jitter`` in the unconstrained space) or at prior draws.
+    chain_method : {"vectorized", "sequential"}
+        ``"vectorized"`` (default) runs all chains in lockstep in one compiled
+        program, the fastest on CPU where per-operation overhead dominates
+        small models; ``"sequential"`` runs the same one-chain program chain
+        after chain (less memory, chains do not wait for each other).
+    target_accept : float, default 0.8
+    max_tree_depth : int, default 10
+    init_jitter : float, default 0.1
+    priors : Priors, optional
+    em : EM, optional
+        Settings of the EM fit used to start and to align (default ``EM(n_init=4)``).
+    progress : bool, default True
+        Show NumPyro's progress bar.
+    """
+
+    name: ClassVar[str] = "nuts"
+
+    num_warmup: int = 1000
+    num_samples: int = 1000
+    num_chains: int = 4
+    init: str = "em"
+    chain_method: str = "vectorized"
+    target_accept: float = 0.8
+    max_tree_depth: int = 10
+    init_jitter: float = 0.1
+    priors: Priors | None = None
+    em: EM | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(self.num_warmup, "num_warmup", minimum=0)
+        check_int(self.num_samples, "num_samples", minimum=1)
+        check_int(self.num_chains, "num_chains", minimum=1)
+        check_choice(self.init, "init", ("em", "prior"))
+        check_choice(self.chain_method, "chain_method", ("vectorized", "sequential"))
+        check_float(self.target_accept, "target_accept", 0.0, strict=True)
+        if self.target_accept >= 1.0:
+            raise ValueError(f"target_accept must be below 1, got {self.target_accept}")
+        check_int(self.max_tree_depth, "max_tree_depth", minimum=1)
+        check_float(self.init_jitter, "init_jitter", minimum=0.0)
+        _check_bayes_common(self)

@@ -85,6 +85,9 @@ class FitResult:
         The method's settings and the fit's arguments.
     diagnostics : dict
         Method-specific extras (divergences, ELBO estimate, status).
+    data : array of shape (n_samples, n_features), optional
+        The (validated copy of the) data that were fitted; used by
+        :meth:`to_arviz` and the comparison.  Not saved by :meth:`save`.
     """
 
     method: str
@@ -101,6 +104,7 @@ class FitResult:
     restarts: Restarts | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    data: np.ndarray | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------ prediction
     @property
@@ -145,6 +149,19 @@ class FitResult:
     def aic(self, X: Any) -> float:
         """Akaike information criterion on ``X`` (lower is better)."""
         return float(-2.0 * log_likelihood(X, self.params) + 2.0 * self.n_parameters)
+
+    # --------------------------------------------------------------- output
+    def to_arviz(self, X: Any = None, feature_names: list[str] | None = None) -> Any:
+        """The fit as an ``arviz.InferenceData``.
+
+        ``posterior`` (for EM, its point estimate as a single draw),
+        ``sample_stats`` (NUTS), ``log_likelihood`` per observation (so
+        ``az.loo``/``az.compare`` work) and ``observed_data``.  ``X`` defaults
+        to the data that were fitted.
+        """
+        from mixlab.arviz_io import to_inference_data
+
+        return to_inference_data(self, X, feature_names)
 
     # ------------------------------------------------------------- display
     def summary(self) -> str:

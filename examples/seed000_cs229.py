@@ -98,11 +98,15 @@ def main(argv: list[str] | None = None) -> dict:
             )
 
     rows = {
-        "correct EM (mixlab)": (em.params.means[:, 0], np.sqrt(em.params.covariances),
-                                em.params.weights),
+        "correct EM (mixlab)": (
+            em.params.means[:, 0],
+            np.sqrt(em.params.covariances),
+            em.params.weights,
+        ),
         "mistake 1 only (hard-count weights)": variant_em(x, args.iterations, True, False)[-1],
-        "mistake 2 only (variance about old means)": variant_em(x, args.iterations, False,
-                                                                True)[-1],
+        "mistake 2 only (variance about old means)": variant_em(x, args.iterations, False, True)[
+            -1
+        ],
         "both mistakes (the study)": study[-1],
     }
     print(f"\nAfter {args.iterations} iterations:")
@@ -111,14 +115,18 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (mus, sds, w) in rows.items():
         ll = _loglik(x, mus, sds, w)
         summary[name] = {"means": mus, "sds": sds, "weights": w, "loglik": ll}
-        print(f"  {name:44s} {np.array2string(mus, precision=4):>22s} "
-              f"{np.array2string(sds, precision=4):>22s} "
-              f"{np.array2string(w, precision=3):>16s} {ll:10.4f}")
+        print(
+            f"  {name:44s} {np.array2string(mus, precision=4):>22s} "
+            f"{np.array2string(sds, precision=4):>22s} "
+            f"{np.array2string(w, precision=3):>16s} {ll:10.4f}"
+        )
     flawed = ml.MixtureParams(study[-1][2], study[-1][0], study[-1][1] ** 2, "spherical")
     step = ml.m_step(x, np.exp(ml.e_step(x, flawed).log_resp), "spherical", reg_covar=0.0)
     gain = float(ml.log_likelihood(x, step) - ml.log_likelihood(x, flawed))
-    print(f"\nOne exact EM step from the study's answer raises the log-likelihood by {gain:.2e}:"
-          " it is not a fixed point of EM.")
+    print(
+        f"\nOne exact EM step from the study's answer raises the log-likelihood by {gain:.2e}:"
+        " it is not a fixed point of EM."
+    )
     monotone = bool(np.all(np.diff(em.trace) >= -1e-12 * np.abs(em.trace[1:])))
     print(f"mixlab's log-likelihood never decreased over the run: {monotone}")
     return {"summary": summary, "gain_from_one_step": gain, "monotone": monotone, "em": em}

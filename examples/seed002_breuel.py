@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     fit = ml.fit(data.X, 2, method, covariance="spherical")
     pt = fit.params_trace
     for t in range(1, fit.n_iter + 1, 10):
-        print(f"=== {t - 1} ===  weights {np.round(pt.weights[t], 8)}  "
-              f"means {np.round(pt.means[t, :, 0], 8)}  variances {np.round(pt.covariances[t], 8)}")
+        print(
+            f"=== {t - 1} ===  weights {np.round(pt.weights[t], 8)}  "
+            f"means {np.round(pt.means[t, :, 0], 8)}  variances {np.round(pt.covariances[t], 8)}"
+        )
 
     boot = []
     for b in range(args.bootstrap):

@@ -61,7 +61,9 @@ def read_data(
         if X.ndim == 1:
             X = X[:, None]
         if X.ndim != 2 or X.dtype.kind not in "fiub":
-            raise CLIError(f"{source} must hold a numeric 1-D or 2-D array, got {X.dtype} {X.shape}")
+            raise CLIError(
+                f"{source} must hold a numeric 1-D or 2-D array, got {X.dtype} {X.shape}"
+            )
         names = [f"x{j}" for j in range(X.shape[1])]
         return _select(X.astype(np.float64), names, columns, drop_missing, source)
     return _read_csv(path, columns, drop_missing)
@@ -106,9 +108,7 @@ def _read_csv(
             f"{path} has text in column(s) {', '.join(text_cols)}; select numeric columns "
             f"with{hint}"
         )
-    X = np.array(
-        [[float(r[j]) if _is_number(r[j]) else np.nan for j in selected] for r in table]
-    )
+    X = np.array([[float(r[j]) if _is_number(r[j]) else np.nan for j in selected] for r in table])
     return _drop_missing(X, [names[j] for j in selected], drop_missing, str(path))
 
 
@@ -233,13 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", help="CSV or .npy file, or an embedded data set name")
     fit.add_argument("-k", type=int, required=True, help="number of components")
     fit.add_argument("--method", choices=["em", "svi", "nuts"], default="em")
-    fit.add_argument(
-        "--covariance", choices=["full", "diag", "spherical", "tied"], default="full"
-    )
+    fit.add_argument("--covariance", choices=["full", "diag", "spherical", "tied"], default="full")
     fit.add_argument("--n-init", type=int, default=4, help="EM restarts (default 4)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     fit.add_argument(
-        "--columns", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+        "--columns",
+        type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
         help="comma-separated column names or indices to use",
     )
     fit.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")

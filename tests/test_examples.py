@@ -34,8 +34,9 @@ def test_seed000_reproduces_the_study_and_separates_its_mistakes(capsys):
 
 
 def test_seed002_estimates_near_truth_with_small_data():
-    out = load("seed002_breuel").main(["--n0", "600", "--n1", "1400", "--iterations", "60",
-                                       "--bootstrap", "3"])
+    out = load("seed002_breuel").main(
+        ["--n0", "600", "--n1", "1400", "--iterations", "60", "--bootstrap", "3"]
+    )
     z = (out["estimate"] - out["truth"]) / out["se"]
     assert np.all(np.isfinite(out["se"])) and np.all(out["se"] > 0)
     assert np.all(np.abs(z) < 6)

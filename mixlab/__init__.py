@@ -6,6 +6,7 @@
 """
 
 from mixlab import datasets, families
+from mixlab._version import __version__
 from mixlab.api import fit
 from mixlab.compare import Comparison, compare
 from mixlab.em import (
@@ -17,13 +18,11 @@ from mixlab.em import (
     log_prob_components,
     m_step,
 )
-from mixlab.errors import ConvergenceWarning, FitError, LoadError
+from mixlab.errors import ConvergenceWarning, DataScaleWarning, FitError, LoadError
 from mixlab.methods import EM, NUTS, SVI
 from mixlab.params import MixtureParams
 from mixlab.priors import Priors
 from mixlab.result import FitResult, Restarts
-
-__version__ = "0.1.0"
 
 __all__ = [
     "EM",
@@ -31,6 +30,7 @@ __all__ = [
     "SVI",
     "Comparison",
     "ConvergenceWarning",
+    "DataScaleWarning",
     "ELBOResult",
     "EStepResult",
     "FitError",

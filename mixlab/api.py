@@ -55,6 +55,7 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
         record_params=method.record_params,
         chunk_size=method.chunk_size,
         formulation=method.formulation,
+        on_collapse=method.on_collapse,
     )
     return FitResult(
         method="em",
@@ -76,7 +77,10 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
             keys=run.restart_keys,
         ),
         settings=method.settings(),
-        diagnostics={"status": run.status.name.lower()},
+        diagnostics={
+            "status": run.status.name.lower(),
+            "reinitialisations": run.reinitialisations,
+        },
         data=X,
     )
 

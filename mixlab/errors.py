@@ -7,6 +7,10 @@ class ConvergenceWarning(UserWarning):
     """The best EM restart stopped at ``max_iter`` before meeting ``tol``."""
 
 
+class DataScaleWarning(UserWarning):
+    """``reg_covar`` is large against the data's own variance: rescale the data."""
+
+
 class FitError(ValueError):
     """A fit produced no usable answer (a component collapsed, a value went non-finite).
 

@@ -97,6 +97,17 @@ class EM(Method):
         ``"auto"`` uses expanded in float64 when that loss is under 1e-4 of
         ``reg_covar`` (data centred on its mean), else centred; always centred
         in float32 and for ``reg_covar=0``.
+    on_collapse : {"raise", "reinit", "ignore"}
+        What to do when a component collapses during EM: its responsibility
+        falls below one data point, or its covariance becomes singular (the
+        smallest variance above ``reg_covar`` drops below 1e-12 of the data's
+        own variance in float64, 1e-8 in float32).  ``"raise"`` (default): a
+        :class:`~mixlab.errors.FitError` naming the component and iteration.
+        ``"reinit"``: restart the component at the data point the mixture
+        explains worst, with the data's covariance and weight 1/K, and go on
+        (``FitResult.diagnostics["reinitialisations"]`` lists (iteration,
+        component); the log-likelihood can drop at a restart).  ``"ignore"``:
+        carry on as scikit-learn does.
     """
 
     name: ClassVar[str] = "em"
@@ -111,6 +122,7 @@ class EM(Method):
     record_params: bool = False
     chunk_size: int | None = None
     formulation: str = "auto"
+    on_collapse: str = "raise"
 
     def __post_init__(self) -> None:
         check_float(self.tol, "tol", minimum=0.0)
@@ -142,6 +154,7 @@ class EM(Method):
         if self.chunk_size is not None:
             check_int(self.chunk_size, "chunk_size", minimum=1)
         check_choice(self.formulation, "formulation", ("auto", "centred", "expanded"))
+        check_choice(self.on_collapse, "on_collapse", ("raise", "reinit", "ignore"))
 
 
 def _check_bayes_common(method: Any) -> None:

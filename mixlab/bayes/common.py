@@ -71,6 +71,7 @@ def reference_fit(
         fixed=em.fixed,
         chunk_size=em.chunk_size,
         formulation=em.formulation,
+        on_collapse=em.on_collapse,
     )
     p = run.params
     cov = np.asarray(family.rescale_covariances(jnp.asarray(p.covariances), jnp.asarray(scale)))

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixlab._jaxutil import CompiledCache
-from mixlab.em.init import initial_params
-from mixlab.em.steps import e_pass, m_step_from_pass, objectives
-from mixlab.errors import ConvergenceWarning, FitError
+from mixlab._jaxutil import CompiledCache, tiny
+from mixlab.em.init import initial_params, pooled_params
+from mixlab.em.steps import e_pass, m_step_from_pass, objectives, worst_explained_point
+from mixlab.errors import ConvergenceWarning, DataScaleWarning, FitError
 from mixlab.families import Family
 from mixlab.params import MixtureParams, index_params
 
@@ -61,10 +61,11 @@ class EMStatus(IntEnum):
     MAX_ITER = 2
     NONFINITE = 3  # the log-likelihood became NaN or infinite
     DEGENERATE = 4  # an M-step produced a non-positive-definite or non-finite component
+    COLLAPSED = 5  # a component's weight or covariance collapsed (see collapse_flags)
 
     @property
     def failed(self) -> bool:
-        return self in (EMStatus.NONFINITE, EMStatus.DEGENERATE)
+        return self in (EMStatus.NONFINITE, EMStatus.DEGENERATE, EMStatus.COLLAPSED)
 
 
 class EMSettings(NamedTuple):
@@ -79,6 +80,12 @@ class EMSettings(NamedTuple):
     init: str | None = None  # None: explicit starting parameters are passed in
     formulation: str = "centred"  # "centred" (exact, two passes) or "expanded" (one pass)
     precompute_features: bool = False  # expanded: moment features once per fit
+    on_collapse: str = "raise"  # "raise", "reinit" or "ignore"
+
+    @property
+    def max_reinit(self) -> int:
+        """Reinitialisations allowed per run before a collapse becomes an error."""
+        return max(10, 5 * self.n_components) if self.on_collapse == "reinit" else 0
 
 
 class EMState(NamedTuple):
@@ -91,6 +98,9 @@ class EMState(NamedTuple):
     bad_component: Array  # component that broke the last M-step, or -1
     trace: Array  # (max_iter + 1,) objective per iteration
     params_trace: MixtureParams | None  # leading axis max_iter + 1, when recorded
+    collapse_kind: Array  # 0: weight below one point, 1: covariance collapsed, -1: none
+    n_reinit: Array  # reinitialisations so far
+    reinit_log: Array  # (max_reinit, 2): iteration and component of each reinitialisation
 
 
 class EMOutput(NamedTuple):
@@ -103,6 +113,9 @@ class EMOutput(NamedTuple):
     trace: Array
     params_trace: MixtureParams | None
     log_likelihood: Array  # total, at the returned parameters
+    collapse_kind: Array
+    n_reinit: Array
+    reinit_log: Array
 
 
 def _select(pred: Array, a: Any, b: Any) -> Any:
@@ -123,6 +136,57 @@ def _keep_fixed(new: MixtureParams, old: MixtureParams, fixed: tuple[str, ...]) 
     )
 
 
+#: A component holding less than this many points' worth of responsibility has collapsed.
+COLLAPSE_MIN_POINTS = 1.0
+#: A covariance has collapsed when its smallest eigenvalue above ``reg_covar``, in units
+#: of the data's own variance per feature, is below this (by dtype).
+COLLAPSE_REL_VARIANCE = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-8}
+
+
+def collapse_flags(
+    params: MixtureParams, nk: Array, reg_covar: Array, data_var: Array, n_components: int
+) -> tuple[Array, Array]:
+    """Per component: ``(weight collapsed, covariance collapsed)``, each shape ``(K,)``.
+
+    The covariance test is relative to the data: features that are constant in
+    the data are left out, so a constant column is not a collapse.
+    """
+    family = params.family_impl
+    n_features = params.means.shape[-1]
+    eye = jnp.eye(n_features, dtype=data_var.dtype)
+    full = family.to_full(params.covariances, n_components, n_features) - reg_covar * eye
+    constant = data_var <= 0
+    scale = jax.lax.rsqrt(jnp.where(constant, 1.0, data_var))
+    normalised = full * scale[:, None] * scale[None, :]
+    normalised = jnp.where(constant[:, None] | constant[None, :], eye, normalised)
+    smallest = jnp.linalg.eigvalsh(normalised)[..., 0]
+    threshold = COLLAPSE_REL_VARIANCE[np.dtype(data_var.dtype)]
+    return nk < COLLAPSE_MIN_POINTS, smallest <= threshold
+
+
+def _reinitialise(
+    params: MixtureParams, k: Array, point: Array, pooled: MixtureParams
+) -> MixtureParams:
+    """Component ``k`` restarted at ``point`` with the data's covariance and weight 1/K."""
+    family = params.family_impl
+    n_components = params.weights.shape[0]
+    means = params.means.at[k].set(point)
+    covariances = params.covariances
+    if family.per_component_covariance:
+        covariances = covariances.at[k].set(pooled.covariances[k])
+    others = params.weights.at[k].set(0.0)
+    others = others / jnp.maximum(jnp.sum(others), tiny(others.dtype)) * (1.0 - 1.0 / n_components)
+    weights = others.at[k].set(1.0 / n_components)
+    return MixtureParams.trusted(
+        weights,
+        means,
+        covariances,
+        family.precision_cholesky(covariances),
+        params.covariance_type,
+        params.family,
+    )
+
+
 def run_em(
     params0: MixtureParams,
     X3: Array,
@@ -131,6 +195,7 @@ def run_em(
     n_samples: Array,
     tol: Array,
     reg_covar: Array,
+    data_var: Array,
     settings: EMSettings,
 ) -> EMOutput:
     """Run EM from ``params0`` until the stopping rule holds (pure, jittable)."""
@@ -150,7 +215,12 @@ def run_em(
         bad_component=jnp.asarray(-1, jnp.int32),
         trace=trace0,
         params_trace=ptrace0,
+        collapse_kind=jnp.asarray(-1, jnp.int32),
+        n_reinit=jnp.zeros((), jnp.int32),
+        reinit_log=jnp.full((settings.max_reinit, 2), -1, jnp.int32),
     )
+    reinit = settings.on_collapse == "reinit"
+    pooled = pooled_params(X3, mask, n_components, family, reg_covar) if reinit else None
 
     def body(state: EMState) -> EMState:
         stats, resp3 = e_pass(X3, F3, mask, state.params, settings.hard, settings.formulation)
@@ -164,26 +234,65 @@ def run_em(
         )
         bad = jnp.where(jnp.all(ok), -1, jnp.argmin(ok)).astype(jnp.int32)
         finite = jnp.isfinite(stats.objective)
-        accept = finite & (bad < 0)
+        valid = finite & (bad < 0)
+
+        # Collapse: a component left with under one point, or a covariance gone singular.
+        weight_gone, cov_gone = collapse_flags(new, stats.nk, reg_covar, data_var, n_components)
+        gone = weight_gone | cov_gone
+        collapsed = valid & jnp.any(gone) & (settings.on_collapse != "ignore")
+        k = jnp.argmax(gone).astype(jnp.int32)
+        kind = jnp.where(collapsed, jnp.where(weight_gone[k], 0, 1), state.collapse_kind)
+        restarted = jnp.zeros((), bool)
+        reinit_log, n_reinit = state.reinit_log, state.n_reinit
+        if reinit:
+            restarted = collapsed & (state.n_reinit < settings.max_reinit)
+            # Worst explained under the collapsed fit: the collapsed component explains
+            # its own few points perfectly, so the restart goes where data lack a home.
+            point = worst_explained_point(X3, F3, mask, new, settings.formulation)
+            fresh = _keep_fixed(_reinitialise(new, k, point, pooled), new, settings.fixed)
+            new = _select(restarted, fresh, new)
+            entry = jnp.stack([state.n_iter + 1, k]).astype(jnp.int32)
+            slot = jnp.minimum(state.n_reinit, settings.max_reinit - 1)
+            reinit_log = jnp.where(restarted, reinit_log.at[slot].set(entry), reinit_log)
+            n_reinit = n_reinit + restarted.astype(jnp.int32)
+        still_collapsed = collapsed & ~restarted
+
+        accept = valid & ~still_collapsed
         n_iter = state.n_iter + accept.astype(jnp.int32)
         change = (stats.objective - state.objective) / n_samples
         status = jnp.select(
-            [~finite, bad >= 0, jnp.abs(change) < tol, n_iter >= settings.max_iter],
-            [EMStatus.NONFINITE, EMStatus.DEGENERATE, EMStatus.CONVERGED, EMStatus.MAX_ITER],
+            [
+                ~finite,
+                bad >= 0,
+                still_collapsed,
+                (jnp.abs(change) < tol) & ~restarted,
+                n_iter >= settings.max_iter,
+            ],
+            [
+                EMStatus.NONFINITE,
+                EMStatus.DEGENERATE,
+                EMStatus.COLLAPSED,
+                EMStatus.CONVERGED,
+                EMStatus.MAX_ITER,
+            ],
             EMStatus.RUNNING,
         ).astype(jnp.int32)
         params = _select(accept, new, state.params)
         ptrace = state.params_trace
         if ptrace is not None:
             ptrace = jax.tree_util.tree_map(lambda buf, p: buf.at[n_iter].set(p), ptrace, params)
+        culprit = jnp.where(bad >= 0, bad, jnp.where(still_collapsed, k, state.bad_component))
         return EMState(
             params=params,
             n_iter=n_iter,
             objective=stats.objective,
             status=status,
-            bad_component=jnp.where(bad >= 0, bad, state.bad_component),
+            bad_component=culprit,
             trace=state.trace.at[state.n_iter].set(stats.objective),
             params_trace=ptrace,
+            collapse_kind=kind,
+            n_reinit=n_reinit,
+            reinit_log=reinit_log,
         )
 
     state = jax.lax.while_loop(lambda s: s.status == EMStatus.RUNNING, body, state0)
@@ -197,6 +306,9 @@ def run_em(
         trace=state.trace.at[state.n_iter].set(final_objective),
         params_trace=state.params_trace,
         log_likelihood=log_lik,
+        collapse_kind=state.collapse_kind,
+        n_reinit=state.n_reinit,
+        reinit_log=state.reinit_log,
     )
 
 
@@ -207,6 +319,7 @@ def _program(
     n_samples: Array,
     tol: Array,
     reg_covar: Array,
+    data_var: Array,
     settings: EMSettings,
 ) -> EMOutput:
     """All restarts in one program: ``starts`` are PRNG keys or stacked parameters."""
@@ -219,7 +332,7 @@ def _program(
             params0 = initial_params(
                 start, X3, mask, settings.n_components, settings.family, settings.init, reg_covar
             )
-        return run_em(params0, X3, F3, mask, n_samples, tol, reg_covar, settings)
+        return run_em(params0, X3, F3, mask, n_samples, tol, reg_covar, data_var, settings)
 
     return jax.vmap(one)(starts)
 
@@ -283,6 +396,7 @@ class EMRun(NamedTuple):
     restart_status: np.ndarray
     restart_keys: np.ndarray | None
     best_restart: int
+    reinitialisations: list[tuple[int, int]]
     elapsed: float
     compile_time: float
 
@@ -298,14 +412,50 @@ def _shift_means(params: MixtureParams, shift: np.ndarray) -> MixtureParams:
     )
 
 
-def _failure_message(status: EMStatus, bad: int, n_iter: int) -> str:
+def _failure_message(
+    status: EMStatus, bad: int, n_iter: int, kind: int = -1, n_reinit: int = 0
+) -> str:
     advice = "increase reg_covar, use fewer components, or rescale the data"
+    where = f"component {bad} collapsed at iteration {n_iter + 1}"
+    if n_reinit:
+        where += f" after {n_reinit} restarts of collapsed components"
+    if status == EMStatus.COLLAPSED:
+        what = (
+            "it holds less than one data point's worth of responsibility"
+            if kind == 0
+            else "its covariance became singular (it sits on too few distinct points)"
+        )
+        hint = "" if n_reinit else ", or pass EM(on_collapse='reinit')"
+        return f"{where}: {what}; {advice}{hint}"
     if status == EMStatus.DEGENERATE:
         return (
-            f"component {bad} collapsed at iteration {n_iter + 1}: its covariance is no longer "
-            f"positive definite (or its mean is not finite); {advice}"
+            f"{where}: its covariance is no longer positive definite (or its mean is not "
+            f"finite); {advice}"
         )
     return f"the log-likelihood became non-finite at iteration {n_iter + 1}; {advice}"
+
+
+def check_scale(centred_X: np.ndarray, reg_covar: float) -> None:
+    """Refuse data whose squares overflow; warn when ``reg_covar`` swamps the data."""
+    dtype = centred_X.dtype
+    limit = float(np.sqrt(np.finfo(dtype).max)) / 1e4
+    biggest = float(np.max(np.abs(centred_X)))
+    if biggest > limit:
+        raise ValueError(
+            f"X deviates from its mean by up to {biggest:.3g}: squares overflow {dtype}; "
+            "rescale the data (e.g. divide each column by its standard deviation)"
+        )
+    var = centred_X.var(axis=0)
+    varying = var > 0
+    if reg_covar > 0 and varying.any() and reg_covar > 1e-3 * float(var[varying].min()):
+        j = int(np.flatnonzero(varying)[np.argmin(var[varying])])
+        warnings.warn(
+            f"reg_covar={reg_covar:g} is large against the data's variance {var[j]:.3g} in "
+            f"column {j}: every covariance will be dominated by it. Rescale the data (e.g. "
+            "divide each column by its standard deviation) or lower reg_covar",
+            DataScaleWarning,
+            stacklevel=4,
+        )
 
 
 def fit_em(
@@ -324,6 +474,7 @@ def fit_em(
     record_params: bool = False,
     chunk_size: int | None = None,
     formulation: str = "auto",
+    on_collapse: str = "raise",
 ) -> EMRun:
     """Fit by EM with ``n_init`` batched restarts; ``X`` is a validated 2-D array.
 
@@ -334,6 +485,7 @@ def fit_em(
     dtype = X.dtype
     shift = X.mean(axis=0, dtype=np.float64).astype(dtype)
     centred_X = X - shift
+    check_scale(centred_X, reg_covar)
     formulation = choose_formulation(formulation, centred_X, reg_covar)
     if formulation == "expanded":
         n_moments = family.n_moment_features(n_features)
@@ -344,7 +496,6 @@ def fit_em(
         precompute = False
     n_chunks, chunk = chunk_layout(n_samples, row_bytes, chunk_size)
     X3, mask = to_chunks(centred_X, n_chunks, chunk)
-    del centred_X
 
     if isinstance(init, MixtureParams):
         starts = jax.tree_util.tree_map(
@@ -365,6 +516,7 @@ def fit_em(
         init=init_method,
         formulation=formulation,
         precompute_features=precompute,
+        on_collapse=on_collapse,
     )
     with jax.enable_x64(dtype == np.float64):
         args = (
@@ -374,6 +526,7 @@ def fit_em(
             jnp.asarray(n_samples, dtype),
             jnp.asarray(tol, dtype),
             jnp.asarray(reg_covar, dtype),
+            jnp.asarray(np.var(centred_X, axis=0), dtype),
         )
         compiled, compile_time = _PROGRAMS.get(
             settings, functools.partial(_program, settings=settings), args
@@ -385,12 +538,18 @@ def fit_em(
 
     status = out.status.astype(int)
     lls = out.log_likelihood.astype(np.float64)
-    failed = np.isin(status, [EMStatus.NONFINITE, EMStatus.DEGENERATE]) | ~np.isfinite(lls)
+    failed = np.array([EMStatus(v).failed for v in status]) | ~np.isfinite(lls)
     if failed.all():
         i = 0
         raise FitError(
             ("every restart failed; first: " if len(status) > 1 else "EM failed: ")
-            + _failure_message(EMStatus(status[i]), int(out.bad_component[i]), int(out.n_iter[i]))
+            + _failure_message(
+                EMStatus(status[i]),
+                int(out.bad_component[i]),
+                int(out.n_iter[i]),
+                int(out.collapse_kind[i]),
+                int(out.n_reinit[i]),
+            )
         )
     best = int(np.argmax(np.where(failed, -np.inf, lls)))
     best_status = EMStatus(int(status[best]))
@@ -424,6 +583,9 @@ def fit_em(
         restart_status=status,
         restart_keys=None if init_method is None else np.asarray(starts),
         best_restart=best,
+        reinitialisations=[
+            (int(t), int(k)) for t, k in out.reinit_log[best, : int(out.n_reinit[best])]
+        ],
         elapsed=elapsed,
         compile_time=compile_time,
     )

@@ -126,6 +126,21 @@ def lloyd(X3: Array, mask: Array | None, centers: Array) -> Array:
     return jax.lax.while_loop(cond, body, init)[0]
 
 
+def pooled_params(
+    X3: Array, mask: Array | None, n_components: int, family: Family, reg_covar: Any
+) -> MixtureParams:
+    """Every component equal to the whole data set: its mean and covariance."""
+    uniform = jnp.full((*X3.shape[:2], n_components), 1.0 / n_components, X3.dtype)
+    if mask is not None:
+        uniform = uniform * mask[..., None]
+    stats = EPass(
+        jnp.zeros((), X3.dtype),
+        jnp.sum(uniform, axis=(0, 1)),
+        jnp.einsum("ncK,ncd->Kd", uniform, X3),
+    )
+    return m_step_from_pass(X3, uniform, stats, family, reg_covar)
+
+
 def _params_from_resp(
     X3: Array,
     mask: Array | None,
@@ -141,13 +156,7 @@ def _params_from_resp(
 
     # Components with less than one point: whole-data covariance, centred on the
     # seed (or the data mean), so the first E-step has something sensible.
-    uniform = jnp.full(resp3.shape, 1.0 / n_components, X3.dtype)
-    if mask is not None:
-        uniform = uniform * mask[..., None]
-    ustats = EPass(
-        stats.objective, jnp.sum(uniform, axis=(0, 1)), jnp.einsum("ncK,ncd->Kd", uniform, X3)
-    )
-    pooled = m_step_from_pass(X3, uniform, ustats, family, reg_covar)
+    pooled = pooled_params(X3, mask, n_components, family, reg_covar)
     thin = nk < 1.0
     means = jnp.where(thin[:, None], pooled.means if centers is None else centers, params.means)
     covariances = params.covariances

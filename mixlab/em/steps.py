@@ -183,6 +183,23 @@ def e_pass(
     return chunk_sum(one, (X3, F3, mask))
 
 
+def worst_explained_point(
+    X3: Array, F3: Array | None, mask: Array | None, params: MixtureParams, formulation: str
+) -> Array:
+    """The data row with the lowest log-likelihood under ``params`` (shape ``(D,)``)."""
+    log_joint = log_joint_fn(params, formulation)
+
+    def one(xc: Array, fc: Array | None, mc: Array | None) -> tuple[tuple[()], tuple]:
+        _, log_norm = normalise(log_joint(xc, fc))
+        if mc is not None:
+            log_norm = jnp.where(mc > 0, log_norm, jnp.inf)
+        i = jnp.argmin(log_norm)
+        return (), (log_norm[i], xc[i])
+
+    _, (values, rows) = chunk_sum(one, (X3, F3, mask))
+    return rows[jnp.argmin(values)]
+
+
 def objectives(
     X3: Array,
     F3: Array | None,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mixlab._jaxutil import KeyLike
+from mixlab._version import __version__
 from mixlab.em.steps import e_step, log_likelihood
 from mixlab.params import MixtureParams
 
@@ -87,7 +90,9 @@ class FitResult:
         Method-specific extras (divergences, ELBO estimate, status).
     data : array of shape (n_samples, n_features), optional
         The (validated copy of the) data that were fitted; used by
-        :meth:`to_arviz` and the comparison.  Not saved by :meth:`save`.
+        :meth:`to_arviz` and the comparison.  Saved only on request.
+    mixlab_version : str
+        The mixlab version that made the fit (kept through save and load).
     """
 
     method: str
@@ -105,6 +110,7 @@ class FitResult:
     settings: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     data: np.ndarray | None = field(default=None, repr=False)
+    mixlab_version: str = __version__
 
     # ------------------------------------------------------------ prediction
     @property
@@ -162,6 +168,36 @@ class FitResult:
         from mixlab.arviz_io import to_inference_data
 
         return to_inference_data(self, X, feature_names)
+
+    def save(self, path: str | os.PathLike, include_data: bool = False) -> Path:
+        """Save to one ``.npz`` file (arrays + JSON metadata; no pickle).
+
+        Everything round-trips exactly: parameters, trace, posterior draws,
+        restarts, settings, diagnostics and the mixlab version.  The fitted
+        data are included only with ``include_data=True``.  Returns the path.
+        """
+        from mixlab.persist import save_result
+
+        return save_result(self, path, include_data=include_data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FitResult:
+        """Load a result written by :meth:`save`; loading runs no code.
+
+        Raises
+        ------
+        FileNotFoundError
+            No file at ``path``.
+        mixlab.errors.LoadError
+            A truncated or corrupted file, or one in another format version.
+        """
+        from mixlab.persist import load_result
+
+        values = load_result(path)
+        restarts = values.pop("restarts")
+        if restarts is not None:
+            restarts = Restarts(**restarts)
+        return cls(restarts=restarts, **values)
 
     # ------------------------------------------------------------- display
     def summary(self) -> str:

@@ -253,3 +253,25 @@ def test_ordered_means_prior_start_and_sequential_chains():
 def test_bayesian_settings_are_checked(method, kwargs, exc, message):
     with pytest.raises(exc, match=message):
         method(**kwargs)
+
+
+def test_bayesian_results_save_and_load_exactly(faithful_fits, tmp_path):
+    from test_persist import assert_round_trip
+
+    for result in faithful_fits:
+        loaded = ml.FitResult.load(result.save(tmp_path / f"{result.method}.npz"))
+        assert_round_trip(result, loaded)
+
+
+def test_same_key_same_draws_and_data_untouched(faithful_fits, faithful):
+    _, nuts, normal = faithful_fits
+    before = faithful.copy()
+    again_nuts = ml.fit(faithful, 2, ml.NUTS(**FAST_NUTS), key=1)
+    again_svi = ml.fit(faithful, 2, ml.SVI(num_steps=3000, guide="normal", progress=False), key=2)
+    for a, b in ((nuts, again_nuts), (normal, again_svi)):
+        for name in a.posterior:
+            np.testing.assert_array_equal(a.posterior[name], b.posterior[name])
+        np.testing.assert_array_equal(a.trace, b.trace)
+    np.testing.assert_array_equal(faithful, before)
+    other = ml.fit(faithful, 2, ml.NUTS(**FAST_NUTS), key=9)
+    assert not np.array_equal(other.posterior["means"], nuts.posterior["means"])

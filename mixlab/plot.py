@@ -1,0 +1,743 @@
+"""Matplotlib figures for mixture fits: traces, scatter with ellipses, densities, restarts,
+EM snapshots and a forest plot of EM against posterior intervals.
+
+Matplotlib is imported inside each function, so ``import mixlab`` never needs it.  Every
+function returns a :class:`matplotlib.figure.Figure`; the ones that take ``ax`` draw into
+that Axes and return its figure.  Nothing here prints or touches NumPy's global random
+state.
+
+Artists carry a ``gid`` so that they can be found again (e.g. in tests):
+``"points"``, ``"means"``, ``"ellipse-{k}-{n}sd"``, ``"mixture"``, ``"component-{k}"``,
+``"restarts"``, ``"best"``, ``"hdi-{tag}"``, ``"mean-{tag}"``, ``"em"`` and, for traces,
+``"trace-{i}"`` (``"trace-{i}-chain-{c}"`` for NUTS chains).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mixlab._validation import check_data, check_int
+from mixlab.params import MixtureParams
+from mixlab.result import FitResult
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+_PARAMETER_GROUPS = ("weights", "means", "covariances")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _check_result(result: Any, name: str = "result") -> FitResult:
+    if not isinstance(result, FitResult):
+        raise TypeError(
+            f"{name} must be a FitResult (the return value of ml.fit), got {type(result).__name__}"
+        )
+    return result
+
+
+def _check_ax(ax: Any) -> Axes | None:
+    if ax is None:
+        return None
+    from matplotlib.axes import Axes
+
+    if not isinstance(ax, Axes):
+        raise TypeError(
+            f"ax must be a matplotlib Axes (e.g. from plt.subplots()) or None, "
+            f"got {type(ax).__name__}"
+        )
+    return ax
+
+
+def _root_figure(ax: Axes) -> Figure:
+    """The Figure that holds ``ax`` (not a SubFigure); matplotlib >= 3.7."""
+    try:
+        return ax.get_figure(root=True)  # matplotlib >= 3.10
+    except TypeError:
+        fig = ax.figure
+        while getattr(fig, "figure", fig) is not fig:  # a SubFigure's parent chain
+            fig = fig.figure
+        return fig
+
+
+def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (6.0, 4.0)) -> tuple[Figure, Axes]:
+    """``ax``'s figure and ``ax``, or a new figure with one Axes."""
+    ax = _check_ax(ax)
+    if ax is not None:
+        return _root_figure(ax), ax
+    import matplotlib.pyplot as plt
+
+    fig, new_ax = plt.subplots(figsize=figsize, layout="constrained")
+    return fig, new_ax
+
+
+def _data(result: FitResult, X: Any) -> np.ndarray:
+    """``X`` (or the fitted data) as a float array of shape (n_samples, n_features)."""
+    if X is None:
+        if result.data is None:
+            raise ValueError(
+                "the result holds no data (e.g. loaded from a file saved without "
+                "include_data=True); pass the data as X"
+            )
+        X = result.data
+    Xc = check_data(X, np.dtype(np.float64))
+    if Xc.shape[1] != result.n_features:
+        raise ValueError(
+            f"X has {Xc.shape[1]} feature(s) but the mixture was fitted on "
+            f"{result.n_features}; pass data with the columns the mixture was fitted on"
+        )
+    return Xc
+
+
+def _check_feature(feature: Any, n_features: int, name: str = "feature") -> int:
+    if isinstance(feature, bool | np.bool_) or not isinstance(feature, numbers.Integral):
+        raise TypeError(f"{name} must be an integer column index, got {type(feature).__name__}")
+    feature = int(feature)
+    if not 0 <= feature < n_features:
+        raise ValueError(
+            f"{name}={feature} is out of range: the data have {n_features} feature(s); "
+            f"choose a column index between 0 and {n_features - 1}"
+        )
+    return feature
+
+
+def _check_features(features: Any, n_features: int, what: str) -> tuple[int, int]:
+    if n_features < 2:
+        raise ValueError(
+            f"{what} needs at least 2 features but the mixture has {n_features}; "
+            "use density_1d for one-dimensional data"
+        )
+    if isinstance(features, str | bytes) or not isinstance(features, Sequence):
+        raise TypeError(
+            f"features must be a pair of column indices such as (0, 1), "
+            f"got {type(features).__name__}"
+        )
+    if len(features) != 2:
+        raise ValueError(
+            f"features must name exactly 2 columns, e.g. (0, 1); got {len(features)}: "
+            f"{tuple(features)}"
+        )
+    i = _check_feature(features[0], n_features, "features[0]")
+    j = _check_feature(features[1], n_features, "features[1]")
+    if i == j:
+        raise ValueError(f"features must be two different columns, got ({i}, {j})")
+    return i, j
+
+
+def _component_colors(n_components: int) -> np.ndarray:
+    """A categorical colour per component, shape (n_components, 4)."""
+    import matplotlib
+
+    if n_components <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return np.asarray(cmap(np.arange(n_components)))
+    if n_components <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return np.asarray(cmap(np.arange(n_components)))
+    return np.asarray(matplotlib.colormaps["turbo"](np.linspace(0.0, 1.0, n_components)))
+
+
+def _ellipse_geometry(cov: np.ndarray, n_std: float) -> tuple[float, float, float]:
+    """Width, height and angle (degrees) of the ``n_std`` ellipse of a 2x2 covariance."""
+    vals, vecs = np.linalg.eigh(cov)
+    vals = np.clip(vals, 0.0, None)
+    angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1])))
+    return 2.0 * n_std * float(np.sqrt(vals[1])), 2.0 * n_std * float(np.sqrt(vals[0])), angle
+
+
+def _draw_components(
+    ax: Axes,
+    params: MixtureParams,
+    features: tuple[int, int],
+    colors: np.ndarray,
+    ellipses: bool = True,
+) -> None:
+    """Every component's mean and (optionally) its ellipses at 1 and 2 standard deviations."""
+    from matplotlib.patches import Ellipse
+
+    i, j = features
+    means = np.asarray(params.means, dtype=np.float64)[:, [i, j]]
+    covs = np.asarray(params.full_covariances(), dtype=np.float64)[:, [i, j]][:, :, [i, j]]
+    for k in range(params.n_components if ellipses else 0):
+        for n_std, alpha in ((1, 0.9), (2, 0.5)):
+            width, height, angle = _ellipse_geometry(covs[k], n_std)
+            ax.add_patch(
+                Ellipse(
+                    xy=(means[k, 0], means[k, 1]),
+                    width=width,
+                    height=height,
+                    angle=angle,
+                    facecolor="none",
+                    edgecolor=colors[k],
+                    linewidth=1.5,
+                    alpha=alpha,
+                    gid=f"ellipse-{k}-{n_std}sd",
+                )
+            )
+    ax.scatter(
+        means[:, 0],
+        means[:, 1],
+        marker="X",
+        s=90,
+        c=colors,
+        edgecolors="black",
+        linewidths=1.0,
+        zorder=4,
+        gid="means",
+    )
+
+
+def _feature_labels(ax: Axes, features: tuple[int, int]) -> None:
+    ax.set_xlabel(f"feature {features[0]}")
+    ax.set_ylabel(f"feature {features[1]}")
+
+
+# ----------------------------------------------------------------------------- trace
+def _trace_lines(result: FitResult) -> tuple[list[tuple[np.ndarray, np.ndarray]], str, str]:
+    """(x, y) pairs, x label and y label of one result's objective."""
+    if result.method == "em":
+        y = np.asarray(result.trace, dtype=np.float64)
+        hard = result.settings.get("assignment") == "hard"
+        ylabel = "classification log-likelihood" if hard else "log-likelihood"
+        return [(np.arange(len(y)), y)], "iteration", ylabel
+    if result.method == "svi":
+        y = np.asarray(result.trace, dtype=np.float64)
+        return [(np.arange(1, len(y) + 1), y)], "step", "ELBO"
+    if result.method == "nuts":
+        draws = result.diagnostics.get("draw_log_likelihood")
+        if draws is None:
+            raise ValueError(
+                "this NUTS result has no diagnostics['draw_log_likelihood'] of shape "
+                "(chains, draws); refit it with ml.fit(..., method=ml.NUTS(...))"
+            )
+        draws = np.asarray(draws, dtype=np.float64)
+        if draws.ndim != 2:
+            raise ValueError(
+                "diagnostics['draw_log_likelihood'] must have shape (chains, draws), "
+                f"got {draws.shape}"
+            )
+        x = np.arange(1, draws.shape[1] + 1)
+        return [(x, chain) for chain in draws], "draw", "log-likelihood"
+    raise ValueError(f"unknown method {result.method!r}; expected 'em', 'svi' or 'nuts'")
+
+
+def trace(
+    *results: FitResult, ax: Axes | None = None, labels: Sequence[str] | None = None
+) -> Figure:
+    """The objective per iteration, step or draw of one or more fits.
+
+    Parameters
+    ----------
+    *results : FitResult
+        EM fits (``trace``, shape ``(n_iter + 1,)``: the total log-likelihood after
+        each iteration, ``trace[0]`` at the start; the classification log-likelihood
+        for hard EM), SVI fits (``trace``, shape ``(num_steps,)``: the ELBO per step)
+        and NUTS fits (``diagnostics["draw_log_likelihood"]``, shape
+        ``(chains, draws)``: one line per chain).  Several are overlaid with a legend.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; by default a new figure.
+    labels : sequence of str, optional
+        One legend label per result; by default the method names.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    TypeError
+        No result, or something that is not a FitResult.
+    ValueError
+        ``labels`` of the wrong length, or a NUTS result without draw log-likelihoods.
+    """
+    if not results:
+        raise TypeError("trace needs at least one FitResult, e.g. trace(result)")
+    for n, result in enumerate(results):
+        _check_result(result, f"results[{n}]")
+    if labels is None:
+        methods = [r.method for r in results]
+        labels = [
+            m if methods.count(m) == 1 else f"{m} {methods[:n].count(m) + 1}"
+            for n, m in enumerate(methods)
+        ]
+    else:
+        if isinstance(labels, str):
+            labels = [labels]
+        labels = [str(label) for label in labels]
+        if len(labels) != len(results):
+            raise ValueError(
+                f"labels has {len(labels)} entries but {len(results)} result(s) were given; "
+                "pass one label per result"
+            )
+    lines = [_trace_lines(r) for r in results]
+    fig, ax = _new_axes(ax)
+    n_lines = 0
+    for n, ((pairs, _, _), label) in enumerate(zip(lines, labels)):
+        for c, (x, y) in enumerate(pairs):
+            many = len(pairs) > 1
+            ax.plot(
+                x,
+                y,
+                linewidth=1.2,
+                label=f"{label} chain {c}" if many else label,
+                gid=f"trace-{n}-chain-{c}" if many else f"trace-{n}",
+            )
+            n_lines += 1
+    xlabels = list(dict.fromkeys(xl for _, xl, _ in lines))
+    ylabels = list(dict.fromkeys(yl for _, _, yl in lines))
+    ax.set_xlabel(" / ".join(xlabels))
+    ax.set_ylabel(" / ".join(ylabels))
+    if n_lines > 1:
+        ax.legend()
+    return fig
+
+
+# ----------------------------------------------------------------------------- scatter
+def scatter_2d(
+    result: FitResult,
+    X: Any = None,
+    *,
+    n_points: int = 500,
+    seed: int = 0,
+    features: tuple[int, int] = (0, 1),
+    ellipses: bool = True,
+    ax: Axes | None = None,
+) -> Figure:
+    """Data coloured by their most probable component, with the components' ellipses.
+
+    Parameters
+    ----------
+    result : FitResult
+        A fit with at least 2 features (any covariance type).
+    X : array of shape (n_samples, n_features), optional
+        Data to draw; by default the data that were fitted (``result.data``).
+    n_points : int, default 500
+        At most this many rows are drawn, chosen at random without replacement.
+    seed : int, default 0
+        Seed of ``np.random.default_rng`` for that choice.
+    features : (int, int), default (0, 1)
+        Columns on the x and y axes.
+    ellipses : bool, default True
+        Draw every component's ellipses at 1 and 2 standard deviations (from the 2x2
+        block of ``result.params.full_covariances()``, shape (K, D, D)).  The means are
+        marked either way.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; by default a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 features, features out of range, or data that do not match the fit.
+    """
+    result = _check_result(result)
+    features = _check_features(features, result.n_features, "scatter_2d")
+    n_points = check_int(n_points, "n_points", 1)
+    seed = check_int(seed, "seed", 0)
+    Xc = _data(result, X)
+    if Xc.shape[0] > n_points:
+        rows = np.random.default_rng(seed).choice(Xc.shape[0], size=n_points, replace=False)
+        Xc = Xc[rows]
+    labels = np.asarray(result.predict(Xc))
+    colors = _component_colors(result.n_components)
+    fig, ax = _new_axes(ax)
+    i, j = features
+    ax.scatter(Xc[:, i], Xc[:, j], c=colors[labels], s=12, alpha=0.7, linewidths=0, gid="points")
+    _draw_components(ax, result.params, features, colors, ellipses=bool(ellipses))
+    _feature_labels(ax, features)
+    ax.set_title(f"{result.method.upper()} fit, {result.n_components} component(s)")
+    return fig
+
+
+# ----------------------------------------------------------------------------- density
+def density_1d(
+    result: FitResult,
+    X: Any = None,
+    *,
+    bins: int = 50,
+    feature: int = 0,
+    ax: Axes | None = None,
+) -> Figure:
+    """Histogram of one feature with the fitted mixture density and its weighted components.
+
+    For data with several features the marginal of ``feature`` is drawn: component ``k``
+    is ``w_k N(x | means[k, feature], full_covariances()[k, feature, feature])``.
+
+    Parameters
+    ----------
+    result : FitResult
+    X : array of shape (n_samples, n_features) or (n_samples,), optional
+        Data of the histogram; by default the data that were fitted.
+    bins : int, default 50
+        Histogram bins.
+    feature : int, default 0
+        Column to draw.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; by default a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The histogram (``density=True``), a line per weighted component density
+        (gid ``"component-{k}"``) and the mixture density, their sum (gid ``"mixture"``),
+        on a grid that reaches 6 standard deviations beyond every component.
+
+    Raises
+    ------
+    ValueError
+        ``feature`` out of range, ``bins`` < 1, or data that do not match the fit.
+    """
+    result = _check_result(result)
+    feature = _check_feature(feature, result.n_features)
+    bins = check_int(bins, "bins", 1)
+    Xc = _data(result, X)
+    x = Xc[:, feature]
+    p = result.params
+    weights = np.asarray(p.weights, dtype=np.float64)
+    means = np.asarray(p.means, dtype=np.float64)[:, feature]
+    sds = np.sqrt(np.asarray(p.full_covariances(), dtype=np.float64)[:, feature, feature])
+    lo = min(float(x.min()), float(np.min(means - 6.0 * sds)))
+    hi = max(float(x.max()), float(np.max(means + 6.0 * sds)))
+    grid = np.linspace(lo, hi, 2000)
+    z = (grid[None, :] - means[:, None]) / sds[:, None]
+    components = weights[:, None] * np.exp(-0.5 * z**2) / (sds[:, None] * np.sqrt(2.0 * np.pi))
+    colors = _component_colors(p.n_components)
+    fig, ax = _new_axes(ax)
+    ax.hist(x, bins=bins, density=True, color="0.85", edgecolor="0.6", gid="histogram")
+    ax.plot(
+        grid, components.sum(axis=0), color="black", linewidth=2.5, label="mixture", gid="mixture"
+    )
+    for k in range(p.n_components):
+        ax.plot(
+            grid,
+            components[k],
+            color=colors[k],
+            linestyle="--",
+            linewidth=1.5,
+            label=f"component {k} (w={weights[k]:.2f})",
+            gid=f"component-{k}",
+        )
+    span = float(x.max() - x.min()) or 1.0
+    ax.set_xlim(float(x.min()) - 0.1 * span, float(x.max()) + 0.1 * span)
+    ax.set_xlabel(f"feature {feature}")
+    ax.set_ylabel("density")
+    ax.legend()
+    return fig
+
+
+# ----------------------------------------------------------------------------- restarts
+def restarts(result: FitResult, *, tolerance: float = 1.0, ax: Axes | None = None) -> Figure:
+    """The initialisation study: the final log-likelihood of every EM restart, sorted.
+
+    Parameters
+    ----------
+    result : FitResult
+        An EM fit; ``result.restarts.log_likelihood`` has shape (n_init,) (NaN for failed
+        restarts, which are counted in the title but not drawn).
+    tolerance : float, default 1.0
+        A restart "reaches the best" when its total log-likelihood is within this of the
+        best; the share that does is given in the title and the band is shaded.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; by default a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The finite restarts as points (gid ``"restarts"``) at ranks 1, 2, ... from best to
+        worst, the best marked by a star (gid ``"best"``).
+
+    Raises
+    ------
+    ValueError
+        The result has no restarts (not an EM fit), every restart failed, or a negative
+        ``tolerance``.
+    """
+    result = _check_result(result)
+    if result.restarts is None:
+        raise ValueError(
+            f"this {result.method.upper()} result has no restarts; restarts are recorded by EM "
+            "fits, e.g. ml.fit(X, k, method=ml.EM(n_init=8))"
+        )
+    if isinstance(tolerance, bool | np.bool_) or not isinstance(tolerance, numbers.Real):
+        raise TypeError(f"tolerance must be a number, got {type(tolerance).__name__}")
+    tolerance = float(tolerance)
+    if not (np.isfinite(tolerance) and tolerance >= 0.0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    ll = np.asarray(result.restarts.log_likelihood, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(ll)
+    if not finite.any():
+        raise ValueError(
+            f"all {len(ll)} restarts failed (no finite log-likelihood); nothing to draw. "
+            "Check result.restarts.status"
+        )
+    share = result.restarts.share_reaching_best(tolerance)
+    values = np.sort(ll[finite])[::-1]
+    ranks = np.arange(1, len(values) + 1)
+    best = values[0]
+    fig, ax = _new_axes(ax)
+    ax.axhspan(best - tolerance, best, color="tab:green", alpha=0.15, label=f"within {tolerance:g}")
+    ax.scatter(ranks, values, s=25, color="tab:blue", zorder=3, label="restart", gid="restarts")
+    ax.scatter([1], [best], marker="*", s=200, color="tab:red", zorder=4, label="best", gid="best")
+    n_failed = int(np.sum(~finite))
+    failed = f", {n_failed} failed" if n_failed else ""
+    ax.set_title(
+        f"{share:.0%} of {len(ll)} restarts within {tolerance:g} of the best ({best:.6g}){failed}"
+    )
+    ax.set_xlabel("restart, sorted by final log-likelihood")
+    ax.set_ylabel("final log-likelihood")
+    ax.legend(loc="lower left")
+    return fig
+
+
+# ----------------------------------------------------------------------------- snapshots
+def snapshots(
+    result: FitResult,
+    X: Any = None,
+    iterations: Sequence[int] = (1, 5, 10, 15),
+    *,
+    features: tuple[int, int] = (0, 1),
+) -> Figure:
+    """The EM fit at chosen iterations, side by side.
+
+    Each panel shows the data coloured by the responsibility of component 0 at that
+    iteration (``coolwarm_r``: red 0, blue 1, the colour of component 0) and that
+    iteration's ellipses at 1 and 2 standard deviations, with the means marked.
+
+    Parameters
+    ----------
+    result : FitResult
+        An EM fit made with ``ml.EM(record_params=True)``: ``result.params_trace`` holds
+        arrays with a leading axis of length ``n_iter + 1`` (iteration ``t`` at index ``t``,
+        0 being the start).
+    X : array of shape (n_samples, n_features), optional
+        Data to draw; by default the data that were fitted.
+    iterations : sequence of int, default (1, 5, 10, 15)
+        Iterations to show, each between 0 and ``result.n_iter``; one panel each.
+    features : (int, int), default (0, 1)
+        Columns on the x and y axes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One Axes per iteration.
+
+    Raises
+    ------
+    ValueError
+        No recorded parameters, an iteration beyond ``result.n_iter``, fewer than 2
+        features or features out of range.
+    """
+    from mixlab.em.steps import e_step
+
+    result = _check_result(result)
+    if result.params_trace is None:
+        raise ValueError(
+            "this result has no params_trace: snapshots need the parameters of every EM "
+            "iteration; refit with ml.fit(X, k, method=ml.EM(record_params=True))"
+        )
+    features = _check_features(features, result.n_features, "snapshots")
+    if isinstance(iterations, numbers.Integral):
+        iterations = (iterations,)
+    if isinstance(iterations, str | bytes) or not isinstance(iterations, Sequence | np.ndarray):
+        raise TypeError(
+            "iterations must be a sequence of ints, e.g. (1, 5, 10), "
+            f"got {type(iterations).__name__}"
+        )
+    its = [check_int(t, "each iteration", 0) for t in iterations]
+    if not its:
+        raise ValueError("iterations is empty; pass at least one iteration, e.g. (1, 5, 10)")
+    pt = result.params_trace
+    last = min(int(result.n_iter), int(np.shape(pt.weights)[0]) - 1)
+    beyond = [t for t in its if t > last]
+    if beyond:
+        raise ValueError(
+            f"iteration {beyond[0]} was not recorded: the fit stopped after {last} iteration(s), "
+            f"so the largest available is {last}; choose iterations between 0 and {last}"
+        )
+    Xc = _data(result, X)
+    colors = _component_colors(result.n_components)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        1,
+        len(its),
+        figsize=(3.6 * len(its), 3.8),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    i, j = features
+    for ax, t in zip(axes[0], its):
+        params_t = MixtureParams.trusted(
+            np.asarray(pt.weights[t]),
+            np.asarray(pt.means[t]),
+            np.asarray(pt.covariances[t]),
+            np.asarray(pt.prec_chol[t]),
+            covariance_type=pt.covariance_type,
+            family=pt.family,
+        )
+        resp0 = np.exp(np.asarray(e_step(Xc, params_t).log_resp))[:, 0]
+        ax.scatter(
+            Xc[:, i],
+            Xc[:, j],
+            c=resp0,
+            cmap="coolwarm_r",
+            vmin=0.0,
+            vmax=1.0,
+            s=10,
+            alpha=0.8,
+            linewidths=0,
+            gid="points",
+        )
+        _draw_components(ax, params_t, features, colors)
+        ax.set_title(f"iteration {t}")
+        ax.set_xlabel(f"feature {i}")
+    axes[0, 0].set_ylabel(f"feature {j}")
+    fig.suptitle("EM snapshots (colour: responsibility of component 0)")
+    return fig
+
+
+# ----------------------------------------------------------------------------- forest
+def forest(
+    em: FitResult,
+    *others: FitResult,
+    hdi_prob: float = 0.94,
+    parameters: Sequence[str] = ("weights", "means"),
+) -> Figure:
+    """EM's estimates over the posterior intervals of SVI and NUTS fits.
+
+    Calls :func:`mixlab.compare` (which relabels the draws to EM's components) and draws,
+    per parameter element, a horizontal HDI per method (slightly offset, gid
+    ``"hdi-{tag}"``), its posterior mean as a dot (gid ``"mean-{tag}"``) and EM's value as
+    a red cross (gid ``"em"``).  Point estimates (SVI delta guide) have no interval: only
+    the dot is drawn.  One panel per parameter group, each with its own x scale; the means
+    get one panel per feature, as features have their own units.
+
+    Parameters
+    ----------
+    em : FitResult
+        The EM fit (the reference labelling).
+    *others : FitResult
+        SVI and/or NUTS fits of the same model.
+    hdi_prob : float, default 0.94
+        Probability mass of the highest-density intervals.
+    parameters : sequence of {"weights", "means", "covariances"}
+        Parameter groups to draw, in order.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    TypeError
+        ``em`` or one of ``others`` is not a suitable FitResult.
+    ValueError
+        An unknown parameter group, ``em`` not an EM fit, ``hdi_prob`` outside (0, 1) or
+        fits of different models.
+    """
+    from mixlab.compare import compare
+
+    em = _check_result(em, "em")
+    if em.method != "em":
+        raise ValueError(
+            f"the first result must be the EM fit, got a {em.method.upper()} fit; "
+            "call forest(em, svi, nuts)"
+        )
+    if isinstance(parameters, str):
+        parameters = (parameters,)
+    groups = list(dict.fromkeys(parameters))
+    unknown = [g for g in groups if g not in _PARAMETER_GROUPS]
+    if unknown or not groups:
+        raise ValueError(
+            f"unknown parameter group(s) {unknown}; parameters must name one or more of "
+            f"{_PARAMETER_GROUPS}"
+        )
+    cmp = compare(em, *others, hdi_prob=hdi_prob)
+    table = cmp.table
+    tags = [tag for tag in cmp.methods.index if tag != "em"]
+    names = [str(n) for n in table.index]
+    n_features = em.params.n_features
+    panels: list[tuple[str, list[str]]] = []
+    for group in groups:
+        rows = [n for n in names if n.startswith(f"{group}[")]
+        if group == "means" and n_features > 1:  # features have their own units and scales
+            for d in range(n_features):
+                panels.append((f"means, feature {d}", [n for n in rows if n.endswith(f",{d}]")]))
+        else:
+            panels.append((group, rows))
+    panels = [(title, rows) for title, rows in panels if rows]
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    tab10 = matplotlib.colormaps["tab10"]
+    palette = [tab10(c) for c in (0, 1, 2, 4, 5, 6, 7, 8, 9)]
+    n_total = sum(len(rows) for _, rows in panels)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(8.0, 0.8 + 0.4 * n_total + 0.5 * len(panels)),
+        height_ratios=[len(rows) + 0.5 for _, rows in panels],
+        squeeze=False,
+        layout="constrained",
+    )
+    step = min(0.6 / max(len(tags), 1), 0.2)
+    for ax, (title, labels) in zip(axes[:, 0], panels):
+        y = np.arange(len(labels))[::-1].astype(np.float64)
+        sub = table.loc[labels]
+        for m, tag in enumerate(tags):
+            offset = (m - (len(tags) - 1) / 2.0) * step
+            color = palette[m % len(palette)]
+            lo = sub[f"{tag}_hdi_low"].to_numpy(dtype=np.float64)
+            hi = sub[f"{tag}_hdi_high"].to_numpy(dtype=np.float64)
+            mean = sub[f"{tag}_mean"].to_numpy(dtype=np.float64)
+            has = np.isfinite(lo) & np.isfinite(hi)
+            if has.any():
+                ax.hlines(
+                    y[has] + offset,
+                    lo[has],
+                    hi[has],
+                    colors=[color],
+                    linewidth=2.0,
+                    label=f"{tag} {round(100 * cmp.hdi_prob)}% HDI",
+                    gid=f"hdi-{tag}",
+                )
+            ax.scatter(
+                mean,
+                y + offset,
+                color=color,
+                s=22,
+                zorder=3,
+                label=f"{tag} mean" if has.any() else f"{tag} (point estimate)",
+                gid=f"mean-{tag}",
+            )
+        ax.scatter(
+            sub["em"].to_numpy(dtype=np.float64),
+            y,
+            marker="x",
+            color="red",
+            s=50,
+            linewidths=2.0,
+            zorder=4,
+            label="EM",
+            gid="em",
+        )
+        ax.set_yticks(y, labels)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.set_title(title, loc="left", fontsize="medium")
+        ax.grid(axis="x", alpha=0.3)
+    handles, texts = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="outside right upper", fontsize="small")
+    fig.suptitle(f"EM against {round(100 * cmp.hdi_prob)}% posterior intervals")
+    return fig
+
+
+__all__ = ["density_1d", "forest", "restarts", "scatter_2d", "snapshots", "trace"]

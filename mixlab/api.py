@@ -56,6 +56,7 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
         chunk_size=method.chunk_size,
         formulation=method.formulation,
         on_collapse=method.on_collapse,
+        progress=method.progress,
     )
     return FitResult(
         method="em",

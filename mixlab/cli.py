@@ -1,8 +1,10 @@
-"""The ``mixlab`` command: argument parsing, reading data, printing. Nothing else.
+"""The ``mixlab`` command: argument parsing, reading data, writing outputs, printing.
 
     mixlab fit DATA -k K [--method em|svi|nuts] [--covariance TYPE] [--n-init N]
                          [--columns a,b] [--drop-missing] [--out DIR] [--quiet]
-    mixlab demo [--out DIR]
+    mixlab compare DATA -k K [...]      EM, SVI and NUTS side by side
+    mixlab demo [--out DIR]             compare on Old Faithful, with plots
+    mixlab bench [-n N -k K -d D]       EM speed against scikit-learn
 
 ``DATA`` is a CSV file (with or without a header), a ``.npy`` file, or the
 name of an embedded data set (``faithful``, ``galaxies``).  Bad input prints
@@ -151,17 +153,33 @@ def _drop_missing(
 
 
 # ----------------------------------------------------------------------------- commands
-def _method(args: argparse.Namespace) -> Any:
+def _methods(args: argparse.Namespace) -> dict[str, Any]:
+    """The method objects the command asked for, with progress bars unless --quiet."""
     import mixlab as ml
 
-    if args.method == "em":
-        return ml.EM(n_init=args.n_init)
-    raise CLIError(f"--method {args.method} is not available yet; use --method em")
+    progress = not args.quiet
+    em = ml.EM(n_init=args.n_init, progress=progress)
+    return {
+        "em": em,
+        "svi": ml.SVI(num_steps=args.svi_steps, guide="normal", em=em, progress=progress),
+        "nuts": ml.NUTS(
+            num_warmup=args.warmup,
+            num_samples=args.samples,
+            num_chains=args.chains,
+            em=em,
+            progress=progress,
+        ),
+    }
 
 
-def _write_outputs(out: Path, result: Any, X: np.ndarray, names: list[str]) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+def _load(args: argparse.Namespace) -> tuple[np.ndarray, list[str]]:
+    X, names = read_data(args.data, args.columns, args.drop_missing)
+    if args.k > X.shape[0]:
+        raise CLIError(f"-k {args.k} is larger than the {X.shape[0]} rows of {args.data}")
+    return X, names
+
+
+def _write_params(out: Path, result: Any, X: np.ndarray, names: list[str]) -> Path:
     params = result.params.to_dict()
     payload = {
         "method": result.method,
@@ -176,47 +194,193 @@ def _write_outputs(out: Path, result: Any, X: np.ndarray, names: list[str]) -> l
         "bic": result.bic(X),
         "aic": result.aic(X),
     }
-    p = out / "params.json"
-    p.write_text(json.dumps(payload, indent=2))
-    written.append(p)
-    resp = result.predict_proba(X)
-    p = out / "labels.csv"
-    with p.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["label"] + [f"p{k}" for k in range(resp.shape[1])])
-        for label, row in zip(resp.argmax(axis=1), resp):
-            w.writerow([int(label)] + [f"{v:.10g}" for v in row])
-    written.append(p)
-    p = out / "trace.csv"
-    with p.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["iteration", "objective"])
-        for i, v in enumerate(result.trace):
-            w.writerow([i, f"{v:.12g}"])
-    written.append(p)
+    if "elbo" in result.diagnostics:
+        payload["elbo"] = result.diagnostics["elbo"]
+    if "divergences" in result.diagnostics:
+        payload["divergences"] = int(result.diagnostics["divergences"])
+        payload["max_r_hat"] = float(result.diagnostics["max_r_hat"])
+    path = out / "params.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def _write_csv(path: Path, header: list[str], rows: Any) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plots(out: Path, result: Any, X: np.ndarray, prefix: str = "") -> list[Path]:
+    from mixlab import plot
+
+    written = [_save_figure(plot.trace(result), out / f"{prefix}trace.png")]
+    if X.shape[1] >= 2:
+        written.append(_save_figure(plot.scatter_2d(result, X), out / f"{prefix}scatter.png"))
+    else:
+        written.append(_save_figure(plot.density_1d(result, X), out / f"{prefix}density.png"))
+    if result.restarts is not None and len(result.restarts) > 1:
+        written.append(_save_figure(plot.restarts(result), out / f"{prefix}restarts.png"))
     return written
+
+
+def _write_fit(out: Path, result: Any, X: np.ndarray, names: list[str], prefix: str = "") -> list:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if not prefix:
+        written.append(_write_params(out, result, X, names))
+    resp = result.predict_proba(X)
+    written.append(
+        _write_csv(
+            out / f"{prefix}labels.csv",
+            ["label"] + [f"p{k}" for k in range(resp.shape[1])],
+            ([int(lab)] + [f"{v:.10g}" for v in row] for lab, row in zip(resp.argmax(1), resp)),
+        )
+    )
+    column = "elbo" if result.method == "svi" else "log_likelihood"
+    written.append(
+        _write_csv(
+            out / f"{prefix}trace.csv",
+            ["step", column],
+            ([i, f"{v:.12g}"] for i, v in enumerate(result.trace)),
+        )
+    )
+    written += _plots(out, result, X, prefix)
+    if result.method in ("svi", "nuts"):
+        path = out / f"{prefix}posterior.nc"
+        result.to_arviz(feature_names=names).to_netcdf(str(path))
+        written.append(path)
+    written.append(result.save(out / f"{prefix}result.npz"))
+    return written
+
+
+def _report(paths: list[Path], quiet: bool) -> None:
+    if not quiet:
+        for p in paths:
+            print(f"wrote {p}")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     import mixlab as ml
 
-    X, names = read_data(args.data, args.columns, args.drop_missing)
-    if args.k > X.shape[0]:
-        raise CLIError(f"-k {args.k} is larger than the {X.shape[0]} rows of {args.data}")
-    result = ml.fit(X, args.k, method=_method(args), covariance=args.covariance, key=args.seed)
+    X, names = _load(args)
+    method = _methods(args)[args.method]
+    result = ml.fit(X, args.k, method=method, covariance=args.covariance, key=args.seed)
     if not args.quiet:
         print(result.summary())
     if args.out:
-        for p in _write_outputs(Path(args.out), result, X, names):
-            if not args.quiet:
-                print(f"wrote {p}")
+        _report(_write_fit(Path(args.out), result, X, names), args.quiet)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> tuple[Any, list[Path]]:
+    import mixlab as ml
+    from mixlab import plot
+
+    X, names = _load(args)
+    methods = _methods(args)
+    fits = {
+        name: ml.fit(X, args.k, method=m, covariance=args.covariance, key=args.seed + i)
+        for i, (name, m) in enumerate(methods.items())
+    }
+    comparison = ml.compare(fits["em"], fits["svi"], fits["nuts"])
+    written: list[Path] = []
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        written.append(_write_params(out, fits["em"], X, names))
+        for name, result in fits.items():
+            written += _write_fit(out, result, X, names, prefix=f"{name}_")
+        path = out / "comparison.csv"
+        comparison.table.to_csv(path)
+        written.append(path)
+        written.append(
+            _save_figure(plot.forest(fits["em"], fits["svi"], fits["nuts"]), out / "forest.png")
+        )
+    return comparison, written
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    comparison, written = run_compare(args)
+    print(comparison)
+    _report(written, args.quiet)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    args.data, args.k, args.method, args.covariance = "faithful", 2, "em", "full"
-    args.columns, args.drop_missing, args.n_init, args.seed = None, False, 8, 0
-    return cmd_fit(args)
+    args.data, args.k, args.covariance, args.columns, args.drop_missing = (
+        "faithful",
+        2,
+        "full",
+        None,
+        False,
+    )
+    args.out = args.out or "mixlab-demo"
+    if not args.quiet:
+        print("Old Faithful (272 eruptions: duration, waiting time), K=2: EM, SVI and NUTS\n")
+    comparison, written = run_compare(args)
+    print(comparison)
+    _report(written, args.quiet)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """EM speed on synthetic data, against scikit-learn when it is installed."""
+    import time
+    import warnings
+
+    import mixlab as ml
+
+    rng = np.random.default_rng(0)
+    n, k, d, iters = args.n, args.k, args.d, args.iterations
+    centers = rng.normal(0, 4, (k, d))
+    X = centers[rng.integers(0, k, n)] + rng.normal(size=(n, d))
+    start = {
+        "weights": np.full(k, 1 / k),
+        "means": centers + rng.normal(0, 0.5, (k, d)),
+        "covariances": np.tile(np.eye(d), (k, 1, 1)),
+    }
+    r = ml.fit(X, k, ml.EM(init=start, tol=0.0, max_iter=iters))
+    print(
+        f"N={n} K={k} D={d}, {iters} iterations, float64: mixlab {r.elapsed:.3f} s "
+        f"(+{r.compile_time:.2f} s compile), log-likelihood {r.log_likelihood:.6f}"
+    )
+    try:
+        from sklearn.mixture import GaussianMixture
+    except ImportError:
+        print("scikit-learn is not installed: no comparison")
+        return 0
+    gm = GaussianMixture(
+        k,
+        tol=0.0,
+        max_iter=iters,
+        weights_init=start["weights"],
+        means_init=start["means"],
+        precisions_init=np.linalg.inv(start["covariances"]),
+    )
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X)
+    sk = time.perf_counter() - t
+    print(
+        f"scikit-learn {sk:.3f} s (its own initialisation pass included): "
+        f"{sk / r.elapsed:.1f}x; log-likelihood {gm.score(X) * n:.6f}"
+    )
+    return 0
+
+
+def _columns(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,46 +389,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", help="directory for the outputs")
-        p.add_argument("--quiet", action="store_true", help="no progress or summary output")
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "data",
+            help="CSV (with or without header) or .npy file, or an "
+            "embedded data set: faithful, galaxies",
+        )
+        p.add_argument("-k", type=int, required=True, help="number of components")
+        p.add_argument(
+            "--covariance", choices=["full", "diag", "spherical", "tied"], default="full"
+        )
+        p.add_argument(
+            "--columns", type=_columns, help="comma-separated column names or indices to use"
+        )
+        p.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")
 
-    fit = sub.add_parser("fit", help="fit a mixture to a data file")
-    fit.add_argument("data", help="CSV or .npy file, or an embedded data set name")
-    fit.add_argument("-k", type=int, required=True, help="number of components")
+    def fit_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--n-init", type=int, default=4, help="EM restarts (default 4)")
+        p.add_argument("--svi-steps", type=int, default=3000, help="SVI steps (default 3000)")
+        p.add_argument("--warmup", type=int, default=1000, help="NUTS warmup (default 1000)")
+        p.add_argument(
+            "--samples", type=int, default=1000, help="NUTS draws per chain (default 1000)"
+        )
+        p.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--out", help="directory for the outputs")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+
+    fit = sub.add_parser("fit", help="fit a mixture by one method and write its outputs")
+    data_args(fit)
     fit.add_argument("--method", choices=["em", "svi", "nuts"], default="em")
-    fit.add_argument("--covariance", choices=["full", "diag", "spherical", "tied"], default="full")
-    fit.add_argument("--n-init", type=int, default=4, help="EM restarts (default 4)")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    fit.add_argument(
-        "--columns",
-        type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
-        help="comma-separated column names or indices to use",
-    )
-    fit.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")
-    common(fit)
+    fit_args(fit)
     fit.set_defaults(func=cmd_fit)
 
-    demo = sub.add_parser("demo", help="fit the embedded Old Faithful data")
-    common(demo)
-    demo.set_defaults(func=cmd_demo)
+    compare = sub.add_parser("compare", help="fit by EM, SVI and NUTS and compare them")
+    data_args(compare)
+    fit_args(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    demo = sub.add_parser("demo", help="compare EM, SVI and NUTS on Old Faithful, with plots")
+    fit_args(demo)
+    demo.set_defaults(func=cmd_demo, n_init=8, warmup=500, samples=500, svi_steps=2000)
+
+    bench = sub.add_parser("bench", help="time EM against scikit-learn on synthetic data")
+    bench.add_argument("-n", type=int, default=100_000)
+    bench.add_argument("-k", type=int, default=8)
+    bench.add_argument("-d", type=int, default=2)
+    bench.add_argument("--iterations", type=int, default=50)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "k", 1) is not None and getattr(args, "k", 1) < 1:
-        print("mixlab: error: -k must be at least 1", file=sys.stderr)
-        return 2
+    for name in ("k", "n_init", "svi_steps", "warmup", "samples", "chains", "n", "d", "iterations"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            print(f"mixlab: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    from mixlab.errors import FitError, LoadError
+
     try:
         return args.func(args)
-    except CLIError as exc:
+    except (CLIError, FitError, LoadError, ValueError, TypeError) as exc:
         print(f"mixlab: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError) as exc:
-        print(f"mixlab: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("mixlab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

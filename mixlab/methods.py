@@ -108,6 +108,8 @@ class EM(Method):
         (``FitResult.diagnostics["reinitialisations"]`` lists (iteration,
         component); the log-likelihood can drop at a restart).  ``"ignore"``:
         carry on as scikit-learn does.
+    progress : bool, default False
+        Show a progress bar over the iterations (all restarts run together).
     """
 
     name: ClassVar[str] = "em"
@@ -123,6 +125,7 @@ class EM(Method):
     chunk_size: int | None = None
     formulation: str = "auto"
     on_collapse: str = "raise"
+    progress: bool = False
 
     def __post_init__(self) -> None:
         check_float(self.tol, "tol", minimum=0.0)
@@ -155,6 +158,8 @@ class EM(Method):
             check_int(self.chunk_size, "chunk_size", minimum=1)
         check_choice(self.formulation, "formulation", ("auto", "centred", "expanded"))
         check_choice(self.on_collapse, "on_collapse", ("raise", "reinit", "ignore"))
+        if not isinstance(self.progress, bool | np.bool_):
+            raise TypeError("progress must be True or False")
 
 
 def _check_bayes_common(method: Any) -> None:

@@ -118,3 +118,81 @@ def test_pandas_and_lists_are_accepted():
     r1 = ml.fit(df, 2, key=0)
     r2 = ml.fit(X_OK.tolist(), 2, key=0)
     np.testing.assert_array_equal(r1.params.means, r2.params.means)
+
+
+# ----------------------------------------------------------------------------- everywhere else
+PARAMS = ml.MixtureParams([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], np.tile(np.eye(2), (2, 1, 1)))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return ml.fit(X_OK, 2, key=0)
+
+
+EVERYWHERE = [
+    # (callable, exception, message fragment)
+    (lambda f: ml.e_step(X_OK, "params"), TypeError, "parameters must be a dict"),
+    (lambda f: ml.e_step(X_OK[:, :1], PARAMS), ValueError, "X has 1 feature"),
+    (lambda f: ml.e_step(X_NAN, PARAMS), ValueError, "X contains NaN"),
+    (
+        lambda f: ml.m_step(X_OK, np.full((30, 2), 0.5), covariance_type="box"),
+        ValueError,
+        "unknown covariance type 'box'",
+    ),
+    (
+        lambda f: ml.m_step(X_OK, np.full((30, 2), 0.5), reg_covar=-1.0),
+        ValueError,
+        "reg_covar must be >= 0",
+    ),
+    (
+        lambda f: ml.elbo(X_OK, PARAMS, np.full((30, 3), 1 / 3)),
+        ValueError,
+        r"resp must have shape \(30, 2\)",
+    ),
+    (lambda f: ml.log_likelihood(np.zeros((2, 2, 2)), PARAMS), ValueError, "3 dimensions"),
+    (
+        lambda f: ml.log_prob_components(X_OK, {"weights": [1.0]}),
+        ValueError,
+        "missing \\['means', 'covariances'\\]",
+    ),
+    (lambda f: PARAMS.sample(0, 0), ValueError, "n_samples must be >= 1"),
+    (lambda f: PARAMS.sample("seed", 5), TypeError, "key must be an int seed"),
+    (lambda f: PARAMS.sample(np.zeros(3, np.uint32), 5), ValueError, r"uint32 of shape \(2,\)"),
+    (lambda f: f.predict(X_OK[:, :1]), ValueError, "X has 1 feature"),
+    (lambda f: f.sample(0, -2), ValueError, "n_samples must be >= 1"),
+    (lambda f: f.bic(np.ones((3, 4))), ValueError, "X has 4 feature"),
+    (lambda f: ml.compare("em"), TypeError, "em must be a FitResult"),
+    (lambda f: ml.compare(f, f), TypeError, "every other result must be an SVI or NUTS FitResult"),
+    (lambda f: ml.compare(f, hdi_prob=1.5), ValueError, "hdi_prob must be between 0"),
+    (lambda f: ml.datasets.load("iris"), ValueError, "unknown dataset 'iris'; available"),
+    (lambda f: ml.datasets.cs229(seed=-1), ValueError, "seed must be >= 0"),
+    (lambda f: ml.datasets.four_clusters(n_samples=0), ValueError, "n_samples must be >= 1"),
+    (
+        lambda f: ml.FitResult.load("/nonexistent/fit.npz"),
+        FileNotFoundError,
+        "no saved mixlab result",
+    ),
+    (
+        lambda f: ml.fit(
+            X_OK,
+            2,
+            ml.NUTS(
+                priors=ml.Priors(mean_loc=[0.0, 0.0, 0.0]),
+                num_samples=5,
+                num_warmup=5,
+                progress=False,
+            ),
+        ),
+        ValueError,
+        "mean_loc has 3 entries but the data have 2 feature",
+    ),
+    (lambda f: ml.Priors(ordered_means="yes"), TypeError, "ordered_means must be True or False"),
+    (lambda f: ml.EM(progress="yes"), TypeError, "progress must be True or False"),
+    (lambda f: ml.EM(on_collapse="retry"), ValueError, "on_collapse must be one of"),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "message"), EVERYWHERE)
+def test_public_functions_check_their_arguments(fitted, call, exc, message):
+    with pytest.raises(exc, match=message):
+        call(fitted)

@@ -20,7 +20,6 @@ Data are centred on their mean and split into row chunks (``X3`` of shape
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixlab._jaxutil import CompiledCache, tiny
+from mixlab._jaxutil import CompiledCache, Progress, tiny
 from mixlab.em.init import initial_params, pooled_params
 from mixlab.em.steps import e_pass, m_step_from_pass, objectives, worst_explained_point
 from mixlab.errors import ConvergenceWarning, DataScaleWarning, FitError
@@ -81,6 +80,7 @@ class EMSettings(NamedTuple):
     formulation: str = "centred"  # "centred" (exact, two passes) or "expanded" (one pass)
     precompute_features: bool = False  # expanded: moment features once per fit
     on_collapse: str = "raise"  # "raise", "reinit" or "ignore"
+    progress_every: int = 0  # report iterations to a progress bar every n (0: never)
 
     @property
     def max_reinit(self) -> int:
@@ -281,6 +281,7 @@ def run_em(
         ptrace = state.params_trace
         if ptrace is not None:
             ptrace = jax.tree_util.tree_map(lambda buf, p: buf.at[n_iter].set(p), ptrace, params)
+        Progress.report(state.n_iter, settings.progress_every, settings.max_iter)
         culprit = jnp.where(bad >= 0, bad, jnp.where(still_collapsed, k, state.bad_component))
         return EMState(
             params=params,
@@ -475,6 +476,7 @@ def fit_em(
     chunk_size: int | None = None,
     formulation: str = "auto",
     on_collapse: str = "raise",
+    progress: bool = False,
 ) -> EMRun:
     """Fit by EM with ``n_init`` batched restarts; ``X`` is a validated 2-D array.
 
@@ -517,6 +519,7 @@ def fit_em(
         formulation=formulation,
         precompute_features=precompute,
         on_collapse=on_collapse,
+        progress_every=Progress.every(max_iter, progress),
     )
     with jax.enable_x64(dtype == np.float64):
         args = (
@@ -531,9 +534,8 @@ def fit_em(
         compiled, compile_time = _PROGRAMS.get(
             settings, functools.partial(_program, settings=settings), args
         )
-        start = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        elapsed = time.perf_counter() - start
+        desc = f"EM ({len(starts) if init_method else 1} restart(s), iterations)"
+        out, elapsed = Progress.run(compiled, args, max_iter, desc, progress)
         out = jax.tree_util.tree_map(np.asarray, out)
 
     status = out.status.astype(int)

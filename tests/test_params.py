@@ -145,3 +145,12 @@ def test_sample_is_reproducible_by_key():
 def test_jax_leaves_are_accepted():
     p = ml.MixtureParams(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.ones((2, 2)), "diag")
     assert isinstance(p.means, np.ndarray)
+
+
+def test_rank_deficient_covariance_is_refused_whatever_the_rounding():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        A = rng.normal(size=(3, 2))
+        cov = A @ A.T  # rank 2: singular, though rounding may make eigvalsh slightly positive
+        with pytest.raises(ValueError, match="not positive definite"):
+            ml.MixtureParams([1.0], np.zeros((1, 3)), cov[None], "full")

@@ -97,10 +97,14 @@ def _check_spd(matrix: np.ndarray, what: str) -> None:
     scale = max(float(np.max(np.abs(matrix))), np.finfo(np.float64).tiny)
     if not np.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-10 * scale):
         raise ValueError(f"{what} is not symmetric; pass (C + C.T) / 2")
-    eigmin = float(np.linalg.eigvalsh(np.asarray(matrix, dtype=np.float64))[0])
-    if eigmin <= 0:
+    eig = np.linalg.eigvalsh(np.asarray(matrix, dtype=np.float64))
+    # Singular up to rounding counts as singular: a rank-deficient A @ A.T can come out
+    # with a tiny positive smallest eigenvalue and would give precisions of 1e16.
+    floor = 10 * len(eig) * np.finfo(np.float64).eps * float(np.max(np.abs(eig)))
+    if eig[0] <= floor:
         raise ValueError(
-            f"{what} is not positive definite (smallest eigenvalue {eigmin:.3g}); {_PD_ADVICE}"
+            f"{what} is not positive definite (smallest eigenvalue {eig[0]:.3g}, largest "
+            f"{eig[-1]:.3g}); {_PD_ADVICE}"
         )
 
 

@@ -46,3 +46,108 @@ def test_seed002_estimates_near_truth_with_small_data():
 def test_every_example_has_main_and_docstring(name):
     module = load(name)
     assert callable(module.main) and module.__doc__ and "Run:" in module.__doc__
+
+
+def test_seed001_initialisation_study_and_parameters_near_truth():
+    out = load("seed001_four_clusters").main(["--n-samples", "1000", "--n-init", "8"])
+    best = out["best_log_likelihood"]
+    for name in ("random", "kmeans++"):
+        r = out["restarts"][name]
+        assert 0.0 < r["share_reaching_best"] <= 1.0
+        finite = r["log_likelihood"][np.isfinite(r["log_likelihood"])]
+        assert len(finite) > 0 and np.all(finite <= best + 1e-9)
+    # Matched to the generating components: every mean within sampling error.
+    assert np.all(np.abs(out["mean_z"]) < 5)
+    np.testing.assert_allclose(out["learned"]["weights"], out["truth"].weights, atol=0.05)
+    # The study's covariance-about-old-means update ends where correct EM does.
+    assert abs(out["study_update_log_likelihood"] - out["same_start_log_likelihood"]) < 1.0
+    # Its random integer means: coinciding means stay coinciding and never reach the best.
+    starts = out["study_starts"]
+    assert len(starts) == 35
+    assert sum(s["probability"] for s in starts) == pytest.approx(1.0)
+    for s in starts:
+        if len(set(s["corners"])) < 4:
+            assert s["log_likelihood"] < best - 1.0
+    assert 0.0 < out["study_start_share"] <= 24 / 256 + 1e-12
+
+
+def test_seed003_building_blocks_match_closed_forms_and_scipy():
+    out = load("seed003_building_blocks").main(["--n-per-component", "100", "--n-draws", "5000"])
+    assert out["ml_mean_error"] < 1e-10 and out["ml_cov_error"] < 1e-10
+    assert out["single_log_likelihood"] == pytest.approx(
+        out["closed_form_log_likelihood"], rel=1e-12
+    )
+    assert out["logpdf_error"] < 1e-10
+    assert out["monotone"] and np.all(np.diff(out["trace"]) >= -1e-12 * np.abs(out["trace"][1:]))
+    assert out["same_start_difference"] < 1e-10
+    assert out["translated_rule_loglik_rel"] < 1e-7
+    assert out["nan_rows_study"] > 0 and out["mixlab_finite"]
+    errors = out["errors"]
+    assert (
+        "not positive definite" in errors["indefinite"] and "covariances[0]" in errors["indefinite"]
+    )
+    assert "not positive definite" in errors["singular"]
+    assert "not symmetric" in errors["asymmetric"] and out["study_accepts_asymmetric"]
+    assert "weights" in errors["weights"] and "feature" in errors["shape"]
+    assert out["study_accepts_singular"] > 0  # rank-deficient, passed by a rounding error
+    w = out["hand"].weights
+    se = np.sqrt(w * (1 - w) / out["n_draws"])
+    assert np.all(np.abs(out["sample_share"] - w) < 5 * se)
+    np.testing.assert_allclose(out["sample_means"], out["hand"].means, atol=0.1)
+
+
+def test_seed004_elbo_identity_kmeans_and_sklearn_agreement(tmp_path):
+    pytest.importorskip("sklearn")
+    out = load("seed004_elbo_kmeans").main(
+        ["--n-per-component", "200", "--plot-dir", str(tmp_path)]
+    )
+    rows = out["elbo_rows"]
+    assert out["identity_error"] < 1e-10
+    scale = np.abs(rows["logp_old"])
+    assert np.all(np.abs(rows["kl_e"]) <= 1e-10 * scale)  # E-step: q is the posterior
+    assert np.all(rows["kl_m"] >= -1e-10 * scale) and np.any(rows["kl_m"] > 1e-3)
+    assert np.all(rows["L_m"] >= rows["L_e"] - 1e-10 * scale)  # M-step raises L
+    assert np.all(np.diff(out["fit"].trace) >= -1e-10 * np.abs(out["fit"].trace[1:]))
+    assert out["m_step_error"] < 1e-10
+    assert out["kmeans_centre_diff"] < 1e-8 and out["kmeans_inertia_rel"] < 1e-10
+    assert set(out["sklearn_agreement"]) == {1, 5, 10, 15}
+    assert max(out["sklearn_agreement"].values()) < 1e-6
+    assert max(out["study_call_agreement"].values()) < 1e-6
+    assert (tmp_path / "seed004_snapshots.png").stat().st_size > 0
+
+
+@pytest.mark.xdist_group("test_bayes")  # NUTS settings as test_bayes: its programs are reused
+def test_compare_galaxies_tables_have_every_k(tmp_path):
+    out = load("compare_galaxies").main(
+        [
+            "--k-min",
+            "3",
+            "--k-max",
+            "4",
+            "--warmup",
+            "400",
+            "--samples",
+            "300",
+            "--chains",
+            "4",
+            "--methods",
+            "em,nuts",
+            "--n-init",
+            "4",
+            "--plot-dir",
+            str(tmp_path),
+        ]
+    )
+    bic = out["bic"]
+    assert list(bic.index) == [3, 4]
+    assert np.all(np.isfinite(bic[["log_likelihood", "BIC", "AIC"]].to_numpy()))
+    assert list(bic["n_parameters"]) == [8, 11]
+    loo = out["loo"]
+    assert list(loo.index) == [3, 4] and np.all(np.isfinite(loo["elpd_loo"]))
+    ranked = out["loo_compare"]
+    assert sorted(ranked.index) == ["K=3", "K=4"] and sorted(ranked["rank"]) == [0, 1]
+    assert out["loo_best"] in (3, 4) and out["loo_best"] in out["loo_close"]
+    assert set(out["comparisons"]) == {3, 4}
+    for cmp in out["comparisons"].values():
+        assert set(cmp.methods.index) == {"em", "nuts"}
+    assert (tmp_path / f"galaxies_forest_K{out['loo_best']}.png").stat().st_size > 0

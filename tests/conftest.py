@@ -18,6 +18,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Keep each test module in one xdist worker (``--dist loadgroup``).
+
+    Modules share compiled programs and module-scoped fits between their tests;
+    a test can join another module's group with ``@pytest.mark.xdist_group``.
+    """
+    for item in items:
+        if not any(m.name == "xdist_group" for m in item.iter_markers()):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
 @pytest.fixture(scope="session")
 def faithful():
     import mixlab as ml

@@ -172,27 +172,31 @@ def test_to_arviz_groups_and_pointwise_log_likelihood(faithful_fits, faithful):
     assert normal.to_arviz().posterior["means"].shape == (1, 1000, 2, 2)
 
 
-@pytest.mark.parametrize("K", [3, 4])
-def test_galaxies_comparison_end_to_end(K):
+@pytest.fixture(scope="module")
+def galaxies_fits():
+    """EM and NUTS on galaxies for K=3 and K=4, shared by the comparison and LOO tests."""
     X = ml.datasets.load("galaxies")
-    em = ml.fit(X, K, ml.EM(n_init=16), key=0)
-    nuts = ml.fit(X, K, ml.NUTS(num_warmup=400, num_samples=300, progress=False), key=1)
+    fits = {}
+    for K in (3, 4):
+        em = ml.fit(X, K, ml.EM(n_init=16), key=0)
+        nuts = ml.fit(X, K, ml.NUTS(num_warmup=400, num_samples=300, progress=False), key=1)
+        fits[K] = (em, nuts)
+    return fits
+
+
+@pytest.mark.parametrize("K", [3, 4])
+def test_galaxies_comparison_end_to_end(galaxies_fits, K):
+    em, nuts = galaxies_fits[K]
     c = ml.compare(em, nuts)
     assert len(c.table) == 3 * K  # weight, mean, variance per component
     assert set(c.methods.index) == {"em", "nuts"}
     assert c.agree["nuts"], c.summary
-    test_galaxies_comparison_end_to_end.idata[K] = nuts.to_arviz()
 
 
-test_galaxies_comparison_end_to_end.idata = {}
-
-
-def test_loo_ranks_the_galaxy_models():
+def test_loo_ranks_the_galaxy_models(galaxies_fits):
     import warnings
 
-    idata = test_galaxies_comparison_end_to_end.idata
-    if len(idata) < 2:
-        pytest.skip("needs the galaxies fits of the previous test")
+    idata = {K: nuts.to_arviz() for K, (_, nuts) in galaxies_fits.items()}
     az = import_arviz()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ's Pareto-k notices for 82 points

@@ -121,6 +121,7 @@ def test_drop_missing_drops_the_rows(tmp_path):
     assert X.shape == (39, 2) and names == ["x", "y"]
 
 
+@pytest.mark.xdist_group("test_bayes")  # reuse the programs test_bayes compiled
 def test_compare_and_demo_write_the_comparison(tmp_path, capsys):
     """In process, with the settings the Bayesian tests compiled, so programs are reused."""
     out = tmp_path / "cmp"

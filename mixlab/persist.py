@@ -143,12 +143,19 @@ def save_result(result: Any, path: str | os.PathLike, include_data: bool = False
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **payload)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; save like open() would
         os.replace(tmp, path)  # atomic: a crash never leaves half a file behind
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_result(path: str | os.PathLike) -> dict[str, Any]:

@@ -193,3 +193,17 @@ def test_invalid_parameters_in_a_file_are_refused(em_result, tmp_path):
     path = bad.save(tmp_path / "bad.npz")
     with pytest.raises(LoadError, match="saved parameters are invalid.*weights sum to 1.1"):
         ml.FitResult.load(path)
+
+
+def test_saved_file_has_the_permissions_open_would_give(em_result, tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = em_result.save(tmp_path / "fit.npz")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644

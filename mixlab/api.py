@@ -45,29 +45,16 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
         n_components,
         family,
         key=key,
-        tol=method.tol,
-        max_iter=method.max_iter,
-        n_init=method.n_init,
         init=init,
-        reg_covar=method.reg_covar,
-        hard=method.assignment == "hard",
-        fixed=method.fixed,
         record_params=method.record_params,
-        chunk_size=method.chunk_size,
-        formulation=method.formulation,
-        on_collapse=method.on_collapse,
         progress=method.progress,
+        **method.engine_options(),
     )
-    return FitResult(
-        method="em",
-        params=run.params,
-        log_likelihood=run.log_likelihood,
-        trace=run.trace,
-        converged=run.converged,
-        n_iter=run.n_iter,
-        elapsed=run.elapsed,
-        compile_time=run.compile_time,
-        n_samples=X.shape[0],
+    return _result(
+        "em",
+        run,
+        X,
+        method,
         params_trace=run.params_trace,
         restarts=Restarts(
             log_likelihood=run.restart_log_likelihood,
@@ -77,12 +64,10 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
             best=run.best_restart,
             keys=run.restart_keys,
         ),
-        settings=method.settings(),
         diagnostics={
             "status": run.status.name.lower(),
             "reinitialisations": run.reinitialisations,
         },
-        data=X,
     )
 
 
@@ -94,8 +79,20 @@ def _fit_bayes(
     run_fn = bayes.run_svi if isinstance(method, SVI) else bayes.run_nuts
     with jax.enable_x64(X.dtype == np.float64):
         run = run_fn(X, n_components, family, method, key)
+    return _result(
+        method.name,
+        run,
+        X,
+        method,
+        posterior=run.posterior,
+        diagnostics=run.diagnostics,
+    )
+
+
+def _result(name: str, run: Any, X: np.ndarray, method: Method, **extra: Any) -> FitResult:
+    """A FitResult from the fields every engine's run shares, plus ``extra``."""
     return FitResult(
-        method=method.name,
+        method=name,
         params=run.params,
         log_likelihood=run.log_likelihood,
         trace=run.trace,
@@ -104,10 +101,9 @@ def _fit_bayes(
         elapsed=run.elapsed,
         compile_time=run.compile_time,
         n_samples=X.shape[0],
-        posterior=run.posterior,
         settings=method.settings(),
-        diagnostics=run.diagnostics,
         data=X,
+        **extra,
     )
 
 

@@ -161,6 +161,24 @@ class EM(Method):
         if not isinstance(self.progress, bool | np.bool_):
             raise TypeError("progress must be True or False")
 
+    def engine_options(self) -> dict[str, Any]:
+        """The loop settings as keyword arguments of the engine's ``fit_em``.
+
+        Leaves out what each caller decides itself: the start (``init``),
+        ``record_params`` and ``progress``.
+        """
+        return dict(
+            tol=self.tol,
+            max_iter=self.max_iter,
+            n_init=self.n_init,
+            reg_covar=self.reg_covar,
+            hard=self.assignment == "hard",
+            fixed=self.fixed,
+            chunk_size=self.chunk_size,
+            formulation=self.formulation,
+            on_collapse=self.on_collapse,
+        )
+
 
 def _check_bayes_common(method: Any) -> None:
     if method.priors is not None and not isinstance(method.priors, Priors):

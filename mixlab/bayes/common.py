@@ -58,20 +58,7 @@ def reference_fit(
             covariances=np.asarray(family.rescale_covariances(p.covariances, 1.0 / scale)),
         ).astype(X.dtype)
     run = fit_em(
-        standardisation.apply(X),
-        n_components,
-        family,
-        key=key,
-        tol=em.tol,
-        max_iter=em.max_iter,
-        n_init=em.n_init,
-        init=init,
-        reg_covar=em.reg_covar,
-        hard=em.assignment == "hard",
-        fixed=em.fixed,
-        chunk_size=em.chunk_size,
-        formulation=em.formulation,
-        on_collapse=em.on_collapse,
+        standardisation.apply(X), n_components, family, key=key, init=init, **em.engine_options()
     )
     p = run.params
     cov = np.asarray(family.rescale_covariances(jnp.asarray(p.covariances), jnp.asarray(scale)))

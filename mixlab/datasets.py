@@ -90,7 +90,9 @@ def _draw(rng: np.random.Generator, truth: MixtureParams, n_samples: int) -> Gen
 def cs229(seed: int = 0) -> Generated:
     """Seed 000: 50 draws of N(0, 1) then 50 of N(2, 1).
 
-    With ``seed=0`` this is exactly the study's ``np.random.seed(0)`` data.
+    With ``seed=0`` these are exactly the draws the study gets after
+    ``np.random.seed(0)``, taken from a private ``RandomState(seed)``: the
+    global NumPy random state is neither read nor changed.
     """
     rs = np.random.RandomState(check_int(seed, "seed", 0))
     x = np.concatenate([rs.normal(0, 1, 50), rs.normal(2, 1, 50)])

@@ -39,6 +39,27 @@ def test_seed000_data_are_the_studys_exact_draws():
     np.testing.assert_allclose(priors, SEED000_PRINTED_K99["priors"], atol=1e-12)
 
 
+def test_generators_neither_read_nor_change_the_global_numpy_state():
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    generators = [
+        ml.datasets.cs229,
+        ml.datasets.four_clusters,
+        ml.datasets.breuel,
+        ml.datasets.three_d,
+        ml.datasets.two_gaussians_2d,
+    ]
+    first = [g(seed=0).X for g in generators]
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    np.random.seed(999)  # a different global state gives the same data
+    for g, X in zip(generators, first, strict=True):
+        np.testing.assert_array_equal(g(seed=0).X, X)
+    # the seed-000 draws are the global generator's after np.random.seed(0)
+    np.random.seed(0)
+    expected = np.r_[np.random.normal(0, 1, 50), np.random.normal(2, 1, 50)]
+    np.testing.assert_array_equal(first[0][:, 0], expected)
+
+
 def test_seed000_correct_em_from_the_studys_start_matches_sklearn():
     X = ml.datasets.cs229().X
     r = ml.fit(

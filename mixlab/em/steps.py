@@ -153,22 +153,30 @@ def e_pass(
     params: MixtureParams,
     hard: bool,
     formulation: str = "centred",
-) -> tuple[EPass, Array | None]:
+    track_worst: bool = False,
+) -> tuple[EPass, Array | None, Array | None]:
     """E-step over all chunks with the sums the M-step needs.
 
     ``F3`` holds precomputed moment features (expanded formulation) or
-    ``None`` to compute them per chunk.  Returns the sums and, for the
-    centred formulation, the responsibilities ``(n_chunks, chunk, K)`` (zero on
-    padding rows) that its second M-step pass needs.
+    ``None`` to compute them per chunk.  Returns the sums; for the centred
+    formulation, the responsibilities ``(n_chunks, chunk, K)`` (zero on padding
+    rows) that its second M-step pass needs; and with ``track_worst`` the data
+    row worst explained by ``params`` (lowest per-row objective, shape ``(D,)``),
+    found in the same pass (the collapse restart point).
     """
     family = params.family_impl
     log_joint = log_joint_fn(params, formulation)
     expanded = formulation == "expanded"
 
-    def one(xc: Array, fc: Array | None, mc: Array | None) -> tuple[EPass, Array | None]:
+    def one(xc: Array, fc: Array | None, mc: Array | None) -> tuple[EPass, tuple]:
         if expanded and fc is None:
             fc = family.moment_features(xc)
         resp, row_obj = (hard_assign if hard else normalise)(log_joint(xc, fc))
+        worst = None
+        if track_worst:
+            ranked = row_obj if mc is None else jnp.where(mc > 0, row_obj, jnp.inf)
+            i = jnp.argmin(ranked)
+            worst = (ranked[i], xc[i])
         if mc is not None:
             resp = resp * mc[:, None]
             row_obj = jnp.where(mc > 0, row_obj, 0.0)
@@ -178,26 +186,11 @@ def e_pass(
             resp.T @ xc,
             resp.T @ fc if expanded else None,
         )
-        return sums, None if expanded else resp
+        return sums, (None if expanded else resp, worst)
 
-    return chunk_sum(one, (X3, F3, mask))
-
-
-def worst_explained_point(
-    X3: Array, F3: Array | None, mask: Array | None, params: MixtureParams, formulation: str
-) -> Array:
-    """The data row with the lowest log-likelihood under ``params`` (shape ``(D,)``)."""
-    log_joint = log_joint_fn(params, formulation)
-
-    def one(xc: Array, fc: Array | None, mc: Array | None) -> tuple[tuple[()], tuple]:
-        _, log_norm = normalise(log_joint(xc, fc))
-        if mc is not None:
-            log_norm = jnp.where(mc > 0, log_norm, jnp.inf)
-        i = jnp.argmin(log_norm)
-        return (), (log_norm[i], xc[i])
-
-    _, (values, rows) = chunk_sum(one, (X3, F3, mask))
-    return rows[jnp.argmin(values)]
+    sums, (resp3, worst) = chunk_sum(one, (X3, F3, mask))
+    point = None if worst is None else worst[1][jnp.argmin(worst[0])]
+    return sums, resp3, point
 
 
 def objectives(

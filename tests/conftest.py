@@ -11,8 +11,12 @@ import sys
 
 import matplotlib
 import pytest
+from hypothesis import settings
 
 matplotlib.use("Agg")
+# Property tests draw the same examples on every run: a CI failure can be rerun here.
+settings.register_profile("mixlab", derandomize=True, database=None)
+settings.load_profile("mixlab")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -67,6 +67,8 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
         diagnostics={
             "status": run.status.name.lower(),
             "reinitialisations": run.reinitialisations,
+            "collapses": run.collapses,
+            "reg_covar_dominates": run.reg_covar_dominates,
         },
     )
 

@@ -215,6 +215,13 @@ class FitResult:
                 f"restarts: {len(ll)}, best #{self.restarts.best}, final log-likelihoods "
                 f"min {np.nanmin(ll):.6g} / median {np.nanmedian(ll):.6g} / max {np.nanmax(ll):.6g}"
             )
+        collapses = self.diagnostics.get("collapses") or []
+        if collapses:
+            told = ", ".join(f"{k} ({kind}, iteration {t})" for k, t, kind in collapses[:5])
+            restarts = len(self.diagnostics.get("reinitialisations") or [])
+            lines.append(
+                f"collapsed component(s): {told}" + (f"; {restarts} restart(s)" if restarts else "")
+            )
         cov = p.full_covariances()
         for k in range(p.n_components):
             sd = np.sqrt(np.diagonal(cov[k]))

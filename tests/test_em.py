@@ -149,7 +149,10 @@ def test_restarts_are_batched_and_best_wins():
     assert r.log_likelihood == np.nanmax(restarts.log_likelihood)
     assert restarts.log_likelihood[restarts.best] == r.log_likelihood
     # restart i run alone from its key gives the same answer
-    np.testing.assert_array_equal(restarts.keys, jax.random.split(jax.random.PRNGKey(3), 12))
+    # restart 0 is the n_init=1 fit; restart i uses fold_in(key, i)
+    key = jax.random.PRNGKey(3)
+    expected = [key] + [jax.random.fold_in(key, i) for i in range(1, 12)]
+    np.testing.assert_array_equal(restarts.keys, np.stack(expected))
     i = int(np.argmin(restarts.log_likelihood))
     single = ml.fit(X, 4, ml.EM(init="random"), key=restarts.keys[i])
     np.testing.assert_allclose(single.log_likelihood, restarts.log_likelihood[i], rtol=1e-10)

@@ -118,7 +118,15 @@ def fuzz_case(covariance_type, dtype, pathology, seed):
     assert np.all(np.isfinite(r.trace)) and np.isfinite(r.log_likelihood)
     rounding = (1e-5 if dtype == "float32" else 1e-9) * np.abs(r.trace[1:])
     bound = _reg_dip_bound(r, X, 1e-6)
-    assert np.all(np.diff(r.trace) >= -(bound + rounding)), (np.diff(r.trace), bound)
+    # Exact EM never lowers the trace while every component holds data.  A restart (the
+    # default on_collapse="reinit") may lower it, and so may the M-step of a component
+    # left with next to no responsibility (its mean is a ratio of two near-zeros): from
+    # a component's first collapse on, only finiteness is asserted.
+    collapses = [t for _, t, _ in r.diagnostics["collapses"]]
+    checked = min(collapses) - 1 if collapses else len(bound)
+    diffs = np.diff(r.trace)[:checked]
+    assert np.all(diffs >= -(bound + rounding)[:checked]), (diffs, bound)
+    OUTCOMES["with a collapse"] += bool(collapses)
     OUTCOMES["finite, monotone fit"] += 1
     OUTCOMES[f"{dtype} {covariance_type}"] += 1
 
@@ -171,7 +179,7 @@ def test_float32_where_the_uncentred_formula_breaks():
 
 
 # ----------------------------------------------------------------------------- collapse
-def test_collapse_default_names_component_and_iteration():
+def test_collapse_raise_names_component_and_iteration():
     rng = np.random.default_rng(0)
     X = np.r_[rng.normal(0, 1, (100, 2)), rng.normal(6, 1, (100, 2)), np.full((5, 2), 20.0)]
     start = {
@@ -184,7 +192,7 @@ def test_collapse_default_names_component_and_iteration():
         match=r"component 2 collapsed at iteration 1: its covariance "
         r"became singular.*on_collapse='reinit'",
     ):
-        ml.fit(X, 3, ml.EM(init=start))
+        ml.fit(X, 3, ml.EM(init=start, on_collapse="raise"))
     r = ml.fit(X, 3, ml.EM(init=start, on_collapse="ignore"))  # scikit-learn's behaviour
     np.testing.assert_allclose(r.params.covariances[2], 1e-6 * np.eye(2), rtol=1e-6, atol=1e-11)
 
@@ -203,8 +211,8 @@ def test_collapse_reinit_restarts_the_component_and_records_it():
         "covariances": np.tile(np.eye(2), (4, 1, 1)),
     }
     with pytest.raises(FitError, match="component 3 collapsed at iteration 1"):
-        ml.fit(X, 4, ml.EM(init=start))
-    r = ml.fit(X, 4, ml.EM(init=start, on_collapse="reinit", max_iter=500))
+        ml.fit(X, 4, ml.EM(init=start, on_collapse="raise"))
+    r = ml.fit(X, 4, ml.EM(init=start, max_iter=500))  # reinit is the default
     assert r.converged
     assert r.diagnostics["reinitialisations"][0] == (1, 3)
     found = sorted(np.round(r.params.means[r.params.weights > 0.1, 0]))
@@ -215,7 +223,7 @@ def test_weight_collapse_is_reported_as_such():
     X = np.r_[np.random.default_rng(2).normal(0, 1, (50, 1))]
     start = {"weights": [0.5, 0.5], "means": [[0.0], [1e3]], "covariances": [1.0, 1.0]}
     with pytest.raises(FitError, match="less than one data point's worth"):
-        ml.fit(X, 2, ml.EM(init=start), covariance="spherical")
+        ml.fit(X, 2, ml.EM(init=start, on_collapse="raise"), covariance="spherical")
 
 
 # ----------------------------------------------------------------------------- reproducibility

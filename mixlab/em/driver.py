@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixlab._jaxutil import CompiledCache, Progress, tiny
+from mixlab.em.collapse import collapse_flags
 from mixlab.em.init import initial_params, pooled_params
 from mixlab.em.steps import e_pass, m_step_from_pass, objectives
 from mixlab.errors import ConvergenceWarning, DataScaleWarning, FitError
@@ -79,13 +80,17 @@ class EMSettings(NamedTuple):
     init: str | None = None  # None: explicit starting parameters are passed in
     formulation: str = "centred"  # "centred" (exact, two passes) or "expanded" (one pass)
     precompute_features: bool = False  # expanded: moment features once per fit
-    on_collapse: str = "raise"  # "raise", "reinit" or "ignore"
     progress_every: int = 0  # report iterations to a progress bar every n (0: never)
 
     @property
     def max_reinit(self) -> int:
-        """Reinitialisations allowed per run before a collapse becomes an error."""
-        return max(10, 5 * self.n_components) if self.on_collapse == "reinit" else 0
+        """Reinitialisations allowed per run (``on_collapse="reinit"``)."""
+        return max(10, 5 * self.n_components)
+
+
+#: ``on_collapse`` as the runtime code the compiled loop takes: one program serves all
+#: three policies (the restart machinery costs little and "reinit" is the default).
+COLLAPSE_POLICIES = ("reinit", "ignore", "raise")
 
 
 class EMState(NamedTuple):
@@ -101,6 +106,9 @@ class EMState(NamedTuple):
     collapse_kind: Array  # 0: weight below one point, 1: covariance collapsed, -1: none
     n_reinit: Array  # reinitialisations so far
     reinit_log: Array  # (max_reinit, 2): iteration and component of each reinitialisation
+    first_collapse: Array  # (K, 2): first iteration and kind of each component's collapse
+    last_restart: Array  # component restarted by the previous iteration, or -1
+    settled: Array  # (K,) bool: collapsed again right after a restart; not restarted again
 
 
 class EMOutput(NamedTuple):
@@ -116,6 +124,7 @@ class EMOutput(NamedTuple):
     collapse_kind: Array
     n_reinit: Array
     reinit_log: Array
+    first_collapse: Array
 
 
 def _select(pred: Array, a: Any, b: Any) -> Any:
@@ -136,54 +145,35 @@ def _keep_fixed(new: MixtureParams, old: MixtureParams, fixed: tuple[str, ...]) 
     )
 
 
-#: A component holding less than this many points' worth of responsibility has collapsed.
-COLLAPSE_MIN_POINTS = 1.0
-#: A covariance has collapsed when its smallest eigenvalue above ``reg_covar``, in units
-#: of the data's own variance per feature, is below this (by dtype).
-COLLAPSE_REL_VARIANCE = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-8}
-
-
-def collapse_flags(
-    params: MixtureParams, nk: Array, reg_covar: Array, data_var: Array, n_components: int
-) -> tuple[Array, Array]:
-    """Per component: ``(weight collapsed, covariance collapsed)``, each shape ``(K,)``.
-
-    The covariance test is relative to the data: features that are constant in
-    the data are left out, so a constant column is not a collapse.
-    """
-    family = params.family_impl
-    n_features = params.means.shape[-1]
-    eye = jnp.eye(n_features, dtype=data_var.dtype)
-    full = family.to_full(params.covariances, n_components, n_features) - reg_covar * eye
-    constant = data_var <= 0
-    scale = jax.lax.rsqrt(jnp.where(constant, 1.0, data_var))
-    normalised = full * scale[:, None] * scale[None, :]
-    normalised = jnp.where(constant[:, None] | constant[None, :], eye, normalised)
-    smallest = jnp.linalg.eigvalsh(normalised)[..., 0]
-    threshold = COLLAPSE_REL_VARIANCE[np.dtype(data_var.dtype)]
-    return nk < COLLAPSE_MIN_POINTS, smallest <= threshold
+def _component_ok(params: MixtureParams, family: Family, n_components: int) -> Array:
+    """Per component: finite precision factors, mean and weight (shape ``(K,)``)."""
+    return (
+        family.component_ok(params.prec_chol, n_components)
+        & jnp.all(jnp.isfinite(params.means), axis=1)
+        & jnp.isfinite(params.weights)
+    )
 
 
 def _reinitialise(
     params: MixtureParams, k: Array, point: Array, pooled: MixtureParams
 ) -> MixtureParams:
-    """Component ``k`` restarted at ``point`` with the data's covariance and weight 1/K."""
+    """Component ``k`` restarted at ``point`` with the data's covariance and weight 1/K.
+
+    The pooled parameters carry their precision factors already, so a restart
+    costs no factorisation (it is computed every iteration, restart or not).
+    """
     family = params.family_impl
     n_components = params.weights.shape[0]
     means = params.means.at[k].set(point)
-    covariances = params.covariances
+    covariances, prec_chol = params.covariances, params.prec_chol
     if family.per_component_covariance:
         covariances = covariances.at[k].set(pooled.covariances[k])
+        prec_chol = prec_chol.at[k].set(pooled.prec_chol[k])
     others = params.weights.at[k].set(0.0)
     others = others / jnp.maximum(jnp.sum(others), tiny(others.dtype)) * (1.0 - 1.0 / n_components)
     weights = others.at[k].set(1.0 / n_components)
     return MixtureParams.trusted(
-        weights,
-        means,
-        covariances,
-        family.precision_cholesky(covariances),
-        params.covariance_type,
-        params.family,
+        weights, means, covariances, prec_chol, params.covariance_type, params.family
     )
 
 
@@ -196,9 +186,13 @@ def run_em(
     tol: Array,
     reg_covar: Array,
     data_var: Array,
+    policy: Array,
     settings: EMSettings,
 ) -> EMOutput:
-    """Run EM from ``params0`` until the stopping rule holds (pure, jittable)."""
+    """Run EM from ``params0`` until the stopping rule holds (pure, jittable).
+
+    ``policy`` indexes :data:`COLLAPSE_POLICIES` (an int32 scalar).
+    """
     family, n_components = settings.family, settings.n_components
     dtype = X3.dtype
     trace0 = jnp.full(settings.max_iter + 1, jnp.nan, dtype)
@@ -207,58 +201,84 @@ def run_em(
         ptrace0 = jax.tree_util.tree_map(
             lambda a: jnp.zeros((settings.max_iter + 1, *a.shape), a.dtype).at[0].set(a), params0
         )
+    # A start that is degenerate already (only possible with reg_covar=0 on data with
+    # too few distinct points, or an explicit start built inside jit) stops before
+    # the first iteration, with collapse_kind 2 saying so.
+    ok0 = _component_ok(params0, family, n_components)
+    start_ok = jnp.all(ok0)
     state0 = EMState(
         params=params0,
         n_iter=jnp.zeros((), jnp.int32),
         objective=jnp.asarray(-jnp.inf, dtype),
-        status=jnp.asarray(EMStatus.RUNNING, jnp.int32),
-        bad_component=jnp.asarray(-1, jnp.int32),
+        status=jnp.where(start_ok, EMStatus.RUNNING, EMStatus.DEGENERATE).astype(jnp.int32),
+        bad_component=jnp.where(start_ok, -1, jnp.argmin(ok0)).astype(jnp.int32),
         trace=trace0,
         params_trace=ptrace0,
-        collapse_kind=jnp.asarray(-1, jnp.int32),
+        collapse_kind=jnp.where(start_ok, -1, 2).astype(jnp.int32),
         n_reinit=jnp.zeros((), jnp.int32),
         reinit_log=jnp.full((settings.max_reinit, 2), -1, jnp.int32),
+        first_collapse=jnp.full((n_components, 2), -1, jnp.int32),
+        last_restart=jnp.asarray(-1, jnp.int32),
+        settled=jnp.zeros(n_components, bool),
     )
-    reinit = settings.on_collapse == "reinit"
-    pooled = pooled_params(X3, mask, n_components, family, reg_covar) if reinit else None
+    reinit = policy == COLLAPSE_POLICIES.index("reinit")
+    pooled = pooled_params(X3, mask, n_components, family, reg_covar)
 
     def body(state: EMState) -> EMState:
         stats, resp3, worst = e_pass(
-            X3, F3, mask, state.params, settings.hard, settings.formulation, track_worst=reinit
+            X3, F3, mask, state.params, settings.hard, settings.formulation, track_worst=True
         )
         fixed_means = state.params.means if "means" in settings.fixed else None
         new = m_step_from_pass(X3, resp3, stats, family, reg_covar, means=fixed_means)
         new = _keep_fixed(new, state.params, settings.fixed)
-        ok = (
-            family.component_ok(new.prec_chol, n_components)
-            & jnp.all(jnp.isfinite(new.means), axis=1)
-            & jnp.isfinite(new.weights)
-        )
-        bad = jnp.where(jnp.all(ok), -1, jnp.argmin(ok)).astype(jnp.int32)
         finite = jnp.isfinite(stats.objective)
-        valid = finite & (bad < 0)
+        iteration = state.n_iter + 1
 
-        # Collapse: a component left with under one point, or a covariance gone singular.
+        # Collapse: a component left with under one point, or a covariance singular
+        # above reg_covar; with reinit, a non-finite (degenerate) component too.
         weight_gone, cov_gone = collapse_flags(new, stats.nk, reg_covar, data_var, n_components)
         gone = weight_gone | cov_gone
-        collapsed = valid & jnp.any(gone) & (settings.on_collapse != "ignore")
-        k = jnp.argmax(gone).astype(jnp.int32)
-        kind = jnp.where(collapsed, jnp.where(weight_gone[k], 0, 1), state.collapse_kind)
-        restarted = jnp.zeros((), bool)
+        kind_now = jnp.where(weight_gone, 0, 1).astype(jnp.int32)
+        newly = finite & gone & (state.first_collapse[:, 0] < 0)
+        first_collapse = jnp.where(
+            newly[:, None],
+            jnp.stack([jnp.full_like(kind_now, iteration), kind_now], 1),
+            state.first_collapse,
+        )
+        # Restarts (on_collapse="reinit"); the policy is traced, so this is always
+        # computed and the policy selects.
         reinit_log, n_reinit = state.reinit_log, state.n_reinit
-        if reinit:
-            restarted = collapsed & (state.n_reinit < settings.max_reinit)
-            # The row the current fit explains worst, found by this iteration's E-pass
-            # (a second pass under the collapsed fit cost ~50% per iteration, collapse or
-            # not: under vmap a cond runs both branches).  The restart goes where data
-            # lack a home, not onto the collapsed component's own few points.
-            fresh = _keep_fixed(_reinitialise(new, k, worst, pooled), new, settings.fixed)
-            new = _select(restarted, fresh, new)
-            entry = jnp.stack([state.n_iter + 1, k]).astype(jnp.int32)
-            slot = jnp.minimum(state.n_reinit, settings.max_reinit - 1)
-            reinit_log = jnp.where(restarted, reinit_log.at[slot].set(entry), reinit_log)
-            n_reinit = n_reinit + restarted.astype(jnp.int32)
-        still_collapsed = collapsed & ~restarted
+        settled = state.settled
+        # A component that collapses again right after its restart has no data to
+        # go to (fewer distinct points than components, say): leave it be.
+        components = jnp.arange(n_components)
+        settled = settled | (gone & (components == state.last_restart))
+        broken = (gone & ~settled) | ~_component_ok(new, family, n_components)
+        restarted = reinit & finite & jnp.any(broken) & (state.n_reinit < settings.max_reinit)
+        k_restart = jnp.argmax(broken).astype(jnp.int32)
+        # The row the current fit explains worst, found by this iteration's E-pass
+        # (a second pass under the collapsed fit cost ~50% per iteration, collapse or
+        # not: under vmap a cond runs both branches).  The restart goes where data
+        # lack a home, not onto the collapsed component's own few points.
+        fresh = _keep_fixed(_reinitialise(new, k_restart, worst, pooled), new, settings.fixed)
+        new = _select(restarted, fresh, new)
+        entry = jnp.stack([iteration, k_restart]).astype(jnp.int32)
+        slot = jnp.minimum(state.n_reinit, settings.max_reinit - 1)
+        reinit_log = jnp.where(restarted, reinit_log.at[slot].set(entry), reinit_log)
+        n_reinit = n_reinit + restarted.astype(jnp.int32)
+        last_restart = jnp.where(restarted, k_restart, -1).astype(jnp.int32)
+        # What is left after the restart decides whether to go on.
+        weight_gone = weight_gone & ~(restarted & (components == k_restart))
+        cov_gone = cov_gone & ~(restarted & (components == k_restart))
+
+        ok = _component_ok(new, family, n_components)
+        bad = jnp.where(jnp.all(ok), -1, jnp.argmin(ok)).astype(jnp.int32)
+        valid = finite & (bad < 0)
+        gone = weight_gone | cov_gone
+        k = jnp.argmax(gone).astype(jnp.int32)
+        # Only "raise" stops at a collapse; "reinit" carries on once its budget is spent.
+        still_collapsed = valid & jnp.any(gone) & (policy == COLLAPSE_POLICIES.index("raise"))
+        kind = jnp.where(still_collapsed, jnp.where(weight_gone[k], 0, 1), state.collapse_kind)
 
         accept = valid & ~still_collapsed
         n_iter = state.n_iter + accept.astype(jnp.int32)
@@ -297,6 +317,9 @@ def run_em(
             collapse_kind=kind,
             n_reinit=n_reinit,
             reinit_log=reinit_log,
+            first_collapse=first_collapse,
+            last_restart=last_restart,
+            settled=settled,
         )
 
     state = jax.lax.while_loop(lambda s: s.status == EMStatus.RUNNING, body, state0)
@@ -313,6 +336,7 @@ def run_em(
         collapse_kind=state.collapse_kind,
         n_reinit=state.n_reinit,
         reinit_log=state.reinit_log,
+        first_collapse=state.first_collapse,
     )
 
 
@@ -324,6 +348,7 @@ def _program(
     tol: Array,
     reg_covar: Array,
     data_var: Array,
+    policy: Array,
     settings: EMSettings,
 ) -> EMOutput:
     """All restarts in one program: ``starts`` are PRNG keys or stacked parameters."""
@@ -334,9 +359,16 @@ def _program(
             params0 = start
         else:
             params0 = initial_params(
-                start, X3, mask, settings.n_components, settings.family, settings.init, reg_covar
+                start,
+                X3,
+                mask,
+                settings.n_components,
+                settings.family,
+                settings.init,
+                reg_covar,
+                data_var,
             )
-        return run_em(params0, X3, F3, mask, n_samples, tol, reg_covar, data_var, settings)
+        return run_em(params0, X3, F3, mask, n_samples, tol, reg_covar, data_var, policy, settings)
 
     return jax.vmap(one)(starts)
 
@@ -401,6 +433,8 @@ class EMRun(NamedTuple):
     restart_keys: np.ndarray | None
     best_restart: int
     reinitialisations: list[tuple[int, int]]
+    collapses: list[tuple[int, int, str]]
+    reg_covar_dominates: list[int]
     elapsed: float
     compile_time: float
 
@@ -420,6 +454,12 @@ def _failure_message(
     status: EMStatus, bad: int, n_iter: int, kind: int = -1, n_reinit: int = 0
 ) -> str:
     advice = "increase reg_covar, use fewer components, or rescale the data"
+    if status == EMStatus.DEGENERATE and kind == 2:
+        return (
+            f"the start of component {bad} is degenerate before the first iteration: its "
+            "covariance is singular (the data have too few distinct points for it, and "
+            f"reg_covar is 0); {advice}"
+        )
     where = f"component {bad} collapsed at iteration {n_iter + 1}"
     if n_reinit:
         where += f" after {n_reinit} restarts of collapsed components"
@@ -439,8 +479,23 @@ def _failure_message(
     return f"the log-likelihood became non-finite at iteration {n_iter + 1}; {advice}"
 
 
-def check_scale(centred_X: np.ndarray, reg_covar: float) -> None:
-    """Refuse data whose squares overflow; warn when ``reg_covar`` swamps the data."""
+#: ``reg_covar`` this many times the variance of every varying feature makes every
+#: component at least ``sqrt`` of it (10x) as wide as the whole data set in every
+#: direction: the mixture density is flat over the data and separates nothing.
+SWAMPED_RATIO = 100.0
+
+
+def check_scale(centred_X: np.ndarray, reg_covar: float) -> list[int]:
+    """Refuse data whose squares overflow; flag features that ``reg_covar`` dominates.
+
+    Returns the features whose variance is below ``reg_covar`` (every
+    component's variance there exceeds the data's, so that feature cannot
+    separate components; the fit records them as a diagnostic).  Warns with
+    :class:`DataScaleWarning` only when the fit is ruined: ``reg_covar`` is at
+    least :data:`SWAMPED_RATIO` times the variance of every varying feature, as
+    with data in tiny units.  A deliberate large ``reg_covar`` (scikit-learn
+    users set 0.1 on unit-scale data) stays silent.
+    """
     dtype = centred_X.dtype
     limit = float(np.sqrt(np.finfo(dtype).max)) / 1e4
     biggest = float(np.max(np.abs(centred_X)))
@@ -449,17 +504,33 @@ def check_scale(centred_X: np.ndarray, reg_covar: float) -> None:
             f"X deviates from its mean by up to {biggest:.3g}: squares overflow {dtype}; "
             "rescale the data (e.g. divide each column by its standard deviation)"
         )
-    var = centred_X.var(axis=0)
+    var = centred_X.var(axis=0, dtype=np.float64)
     varying = var > 0
-    if reg_covar > 0 and varying.any() and reg_covar > 1e-3 * float(var[varying].min()):
-        j = int(np.flatnonzero(varying)[np.argmin(var[varying])])
+    if reg_covar <= 0 or not varying.any():
+        return []
+    if reg_covar >= SWAMPED_RATIO * float(var[varying].max()):
         warnings.warn(
-            f"reg_covar={reg_covar:g} is large against the data's variance {var[j]:.3g} in "
-            f"column {j}: every covariance will be dominated by it. Rescale the data (e.g. "
-            "divide each column by its standard deviation) or lower reg_covar",
+            f"reg_covar={reg_covar:g} is over {SWAMPED_RATIO:g} times the variance of every "
+            f"feature (largest {var[varying].max():.3g}): every component is wider than the "
+            "whole data set and the mixture cannot separate anything. Rescale the data "
+            "(e.g. divide each column by its standard deviation) or lower reg_covar",
             DataScaleWarning,
             stacklevel=4,
         )
+    return [int(j) for j in np.flatnonzero(varying & (var < reg_covar))]
+
+
+def restart_keys(key: Array, n_init: int) -> Array:
+    """Keys of ``n_init`` restarts: ``key`` itself, then ``fold_in(key, i)``.
+
+    Restart 0 is the ``n_init=1`` fit, and the restarts of ``n_init=a`` are the
+    first ``a`` of ``n_init=b > a``, so more restarts never end worse.  Any
+    restart's key passed with ``n_init=1`` reproduces that restart alone.
+    """
+    if n_init == 1:
+        return key[None]
+    rest = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(1, n_init, dtype=jnp.uint32))
+    return jnp.concatenate([key[None], rest])
 
 
 def fit_em(
@@ -478,7 +549,7 @@ def fit_em(
     record_params: bool = False,
     chunk_size: int | None = None,
     formulation: str = "auto",
-    on_collapse: str = "raise",
+    on_collapse: str = "reinit",
     progress: bool = False,
 ) -> EMRun:
     """Fit by EM with ``n_init`` batched restarts; ``X`` is a validated 2-D array.
@@ -490,7 +561,7 @@ def fit_em(
     dtype = X.dtype
     shift = X.mean(axis=0, dtype=np.float64).astype(dtype)
     centred_X = X - shift
-    check_scale(centred_X, reg_covar)
+    dominated = check_scale(centred_X, reg_covar)
     formulation = choose_formulation(formulation, centred_X, reg_covar)
     if formulation == "expanded":
         n_moments = family.n_moment_features(n_features)
@@ -508,8 +579,7 @@ def fit_em(
         )
         init_method = None
     else:
-        # A single run uses the key as given, so any restart's key reproduces it alone.
-        starts = key[None] if n_init == 1 else jax.random.split(key, n_init)
+        starts = restart_keys(key, n_init)
         init_method = init
     settings = EMSettings(
         family=family,
@@ -521,7 +591,6 @@ def fit_em(
         init=init_method,
         formulation=formulation,
         precompute_features=precompute,
-        on_collapse=on_collapse,
         progress_every=Progress.every(max_iter, progress),
     )
     with jax.enable_x64(dtype == np.float64):
@@ -533,6 +602,7 @@ def fit_em(
             jnp.asarray(tol, dtype),
             jnp.asarray(reg_covar, dtype),
             jnp.asarray(np.var(centred_X, axis=0), dtype),
+            jnp.asarray(COLLAPSE_POLICIES.index(on_collapse), jnp.int32),
         )
         compiled, compile_time = _PROGRAMS.get(
             settings, functools.partial(_program, settings=settings), args
@@ -591,6 +661,12 @@ def fit_em(
         reinitialisations=[
             (int(t), int(k)) for t, k in out.reinit_log[best, : int(out.n_reinit[best])]
         ],
+        collapses=[
+            (int(k), int(t), ("weight", "covariance")[int(kind)])
+            for k, (t, kind) in enumerate(out.first_collapse[best])
+            if t >= 0
+        ],
+        reg_covar_dominates=dominated,
         elapsed=elapsed,
         compile_time=compile_time,
     )

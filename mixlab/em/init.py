@@ -14,8 +14,15 @@ ordinary M-step:
     Random responsibilities, uniform then normalised per row (scikit-learn's
     ``"random"``).
 
-A component that receives less than one point's worth of responsibility
-starts from the covariance of the whole data set instead of a degenerate one.
+No start is degenerate.  After the nearest-seed assignment, a component with
+fewer points than its covariance layout needs (``D + 1`` for full, 2 for
+diagonal and spherical: :meth:`~mixlab.families.Family.min_points`) takes the
+rows nearest its centre (other components' seed rows excepted), and a
+component whose starting covariance is still singular above ``reg_covar``
+(duplicated rows, fewer distinct points than it needs) or that holds less than
+one point starts from the covariance of the whole data set, centred on its
+seed.  The first E-step then has something sensible to work with, where a
+covariance of ``reg_covar * I`` on a single point would pin the component there.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mixlab.em.collapse import collapse_flags
 from mixlab.em.steps import EPass, chunk_sum, m_step_from_pass
 from mixlab.families import Family
 from mixlab.params import MixtureParams
@@ -96,6 +104,50 @@ def _assign_resp(X3: Array, mask: Array | None, centers: Array) -> Array:
     return resp3
 
 
+def give_thin_components_points(
+    Xf: Array,
+    w: Array,
+    labels: Array,
+    centers: Array,
+    seeds: Array | None,
+    min_points: int,
+) -> Array:
+    """Labels where every component holds at least ``min_points`` rows, where the data allow.
+
+    Component by component, one with fewer (weighted) rows than ``min_points``
+    takes the ``min_points`` rows nearest its centre.  Rows of zero weight, the
+    seed rows of other components (``seeds``: the row index of each
+    component's seed) and rows already taken by another thin component are
+    never taken, so every seeded component keeps its own row.
+    """
+    n_rows = Xf.shape[0]
+    n_components = centers.shape[0]
+    take = min(min_points, n_rows)
+    protected = w <= 0
+    owner = jnp.full(n_rows, -1, labels.dtype)
+    if seeds is not None:
+        owner = owner.at[seeds].set(jnp.arange(n_components, dtype=labels.dtype))
+
+    def one(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        labels, claimed = carry
+        k = i % n_components
+        count = jnp.sum(jnp.where(labels == k, w, 0.0))
+        d2 = _sq_dist_to(Xf, centers[k])
+        # rows taken by an earlier thin component are not taken back
+        blocked = protected | ((owner >= 0) & (owner != k)) | (claimed & (labels != k))
+        _, nearest = jax.lax.top_k(-jnp.where(blocked, jnp.inf, d2), take)
+        thin = count < min_points
+        return (
+            jnp.where(thin, labels.at[nearest].set(k), labels),
+            jnp.where(thin, claimed.at[nearest].set(True), claimed),
+        )
+
+    # Two rounds: a component that lost rows to a thin one in the first gets them back
+    # from its own neighbourhood in the second.
+    claimed = jnp.zeros(n_rows, bool)
+    return jax.lax.fori_loop(0, 2 * n_components, one, (labels, claimed))[0]
+
+
 def lloyd(X3: Array, mask: Array | None, centers: Array) -> Array:
     """Lloyd's k-means iterations from ``centers``; empty clusters keep their center."""
     Xf, w = _flat(X3, mask)
@@ -147,6 +199,7 @@ def _params_from_resp(
     resp3: Array,
     family: Family,
     reg_covar: Any,
+    data_var: Array,
     centers: Array | None,
 ) -> MixtureParams:
     n_components = resp3.shape[-1]
@@ -154,10 +207,12 @@ def _params_from_resp(
     stats = EPass(jnp.zeros((), X3.dtype), nk, jnp.einsum("ncK,ncd->Kd", resp3, X3))
     params = m_step_from_pass(X3, resp3, stats, family, reg_covar)
 
-    # Components with less than one point: whole-data covariance, centred on the
-    # seed (or the data mean), so the first E-step has something sensible.
+    # Components with less than one point, or a covariance singular above reg_covar:
+    # whole-data covariance, centred on the seed (or the data mean), so the first
+    # E-step has something sensible.
     pooled = pooled_params(X3, mask, n_components, family, reg_covar)
-    thin = nk < 1.0
+    weight_gone, cov_gone = collapse_flags(params, nk, reg_covar, data_var, n_components)
+    thin = weight_gone | cov_gone | ~family.component_ok(params.prec_chol, n_components)
     means = jnp.where(thin[:, None], pooled.means if centers is None else centers, params.means)
     covariances = params.covariances
     if family.per_component_covariance:
@@ -183,8 +238,12 @@ def initial_params(
     family: Family,
     method: str,
     reg_covar: Any,
+    data_var: Array,
 ) -> MixtureParams:
-    """Starting parameters by ``method`` (one of :data:`INIT_METHODS`)."""
+    """Starting parameters by ``method`` (one of :data:`INIT_METHODS`).
+
+    ``data_var`` is the data's variance per feature (for the degeneracy test).
+    """
     Xf, w = _flat(X3, mask)
     centers: Array | None = None
     if method == "random":
@@ -202,16 +261,18 @@ def initial_params(
             centers, index = kmeans_plusplus(key, Xf, w, n_components)
         if method == "kmeans":
             centers = lloyd(X3, mask, centers)
-            resp3 = _assign_resp(X3, mask, centers)
-        else:
-            # Each seed keeps its own row, so no component starts empty.
-            labels = jnp.argmax(_assign_resp(X3, mask, centers), axis=-1).reshape(-1)
-            labels = labels.at[index].set(jnp.arange(n_components))
-            resp3 = jax.nn.one_hot(labels, n_components, dtype=X3.dtype).reshape(
-                (*X3.shape[:2], n_components)
-            )
-            if mask is not None:
-                resp3 = resp3 * mask[..., None]
+        labels = jnp.argmax(_assign_resp(X3, mask, centers), axis=-1).reshape(-1)
+        seeds = None if method == "kmeans" else index
+        if seeds is not None:  # each seed keeps its own row, so no component starts empty
+            labels = labels.at[seeds].set(jnp.arange(n_components))
+        labels = give_thin_components_points(
+            Xf, w, labels, centers, seeds, family.min_points(X3.shape[-1])
+        )
+        resp3 = jax.nn.one_hot(labels, n_components, dtype=X3.dtype).reshape(
+            (*X3.shape[:2], n_components)
+        )
+        if mask is not None:
+            resp3 = resp3 * mask[..., None]
     else:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {method!r}")
-    return _params_from_resp(X3, mask, resp3, family, reg_covar, centers)
+    return _params_from_resp(X3, mask, resp3, family, reg_covar, data_var, centers)

@@ -173,6 +173,15 @@ class Family(ABC):
     def rescale_covariances(self, covariances: jax.Array, scale: jax.Array) -> jax.Array:
         """Covariances of ``x * scale`` given those of ``x``; ``scale`` has shape ``(D,)``."""
 
+    def min_points(self, n_features: int) -> int:
+        """Points a component needs for a non-singular covariance of this layout.
+
+        ``D + 1`` for a full covariance (a covariance from ``D`` points spans at most
+        ``D - 1`` directions), 2 for diagonal and spherical ones, 1 when the
+        covariance is shared by all components (the pooled data decide it).
+        """
+        return 2
+
     def component_ok(self, prec_chol: jax.Array, n_components: int) -> jax.Array:
         """Per component: are its precision factors finite? Shape ``(n_components,)``."""
         finite = jnp.isfinite(prec_chol)

@@ -138,6 +138,9 @@ class FullGaussian(_Gaussian):
 
     covariance_type = "full"
 
+    def min_points(self, n_features):
+        return n_features + 1
+
     def covariance_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
         return (n_components, n_features, n_features)
 
@@ -362,6 +365,9 @@ class TiedGaussian(_Gaussian):
 
     covariance_type = "tied"
     per_component_covariance = False
+
+    def min_points(self, n_features):
+        return 1
 
     def covariance_shape(self, n_components, n_features):
         return (n_features, n_features)

@@ -41,11 +41,12 @@ from mixlab.bayes.common import build_model
 from mixlab.families import get_family
 
 
-def tutorial_model(X_std, mean_loc_std, log_jacobian_per_row, features=None, K=2):
+def tutorial_model(X_std, constants, log_jacobian_per_row, features=None, row_weight=None, K=2):
     """The NumPyro tutorial way: a discrete assignment per row, enumerated.
 
-    ``features`` (mixlab's precomputed moments) is accepted and ignored, so both
-    models take the same arguments."""
+    ``features`` (mixlab's precomputed moments) and ``row_weight`` are accepted and
+    ignored, so both models take the same arguments."""
+    mean_loc_std = constants["mean_loc"]
     N, D = X_std.shape
     weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(K)))
     with numpyro.plate("components", K, dim=-1):
@@ -65,12 +66,7 @@ def min_ess(samples, model, reference):
     draws = model.to_data_units(
         {k: samples[k] for k in ("weights", "means_std", "scales", "corr_chol")}
     )
-    draws, _ = align_to_reference(
-        draws,
-        {"means": reference.means, "covariances": reference.covariances},
-        "full",
-        model.standardisation.scale,
-    )
+    draws, _ = align_to_reference(draws, reference, model.standardisation.scale)
     ess = [np.min(effective_sample_size(np.asarray(v, np.float64))) for v in draws.values()]
     return float(min(ess))
 
@@ -117,10 +113,10 @@ def sampler_floor(n_dims, warmup, samples, chains):
     """Seconds per (batched) leapfrog of the same NUTS driver on a trivial model:
     the part of every step that no model formulation can remove."""
 
-    def normal_model(x0, unused1=None, unused2=None, unused3=None):
+    def normal_model(x0, unused1=None, unused2=None, unused3=None, unused4=None):
         numpyro.sample("x", dist.Normal(0.0, 1.0).expand([n_dims]).to_event(1))
 
-    args = (jnp.zeros(()), None, None, None)
+    args = (jnp.zeros(()), None, None, None, None)
     z0 = {"x": jnp.zeros((chains, n_dims))}
     keys = jax.random.split(jax.random.PRNGKey(5), chains)
     settings = mcmc.NUTSSettings(warmup, samples, 0.8, 10, 0)

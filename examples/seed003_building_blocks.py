@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     own = ml.fit(X, K, method)
     pt = own.params_trace
     t = min(len(trace), own.n_iter)
-    at_hand = ml.MixtureParams.trusted(
-        pt.weights[t], pt.means[t], pt.covariances[t], pt.prec_chol[t], covariance_type="full"
-    )
+    at_hand = pt[t]
 
     def diff(p: ml.MixtureParams) -> float:
         return float(

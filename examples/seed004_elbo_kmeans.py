@@ -67,14 +67,7 @@ def study_start(X: np.ndarray, seed: int) -> ml.MixtureParams:
 
 def at_iteration(fit: ml.FitResult, t: int) -> ml.MixtureParams:
     """The parameters after ``t`` iterations, from ``params_trace``."""
-    pt = fit.params_trace
-    return ml.MixtureParams.trusted(
-        pt.weights[t],
-        pt.means[t],
-        pt.covariances[t],
-        pt.prec_chol[t],
-        covariance_type=pt.covariance_type,
-    )
+    return fit.params_trace[t]
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

@@ -108,3 +108,47 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any) -> np.ndarray:
+    """Validate frequency weights and return a fresh 1-D array of ``dtype``.
+
+    Raises
+    ------
+    TypeError
+        Non-numeric weights.
+    ValueError
+        Wrong shape or length, NaN or infinite values, negative weights, or
+        weights that are all zero; each message names the problem and the fix.
+    """
+    if hasattr(sample_weight, "to_numpy") and callable(sample_weight.to_numpy):
+        sample_weight = sample_weight.to_numpy()
+    try:
+        w = np.asarray(sample_weight)
+    except Exception as exc:
+        raise TypeError(f"sample_weight could not be read as numbers ({exc})") from None
+    if w.dtype == object or w.dtype.kind in "USVMmOc":
+        raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
+    if w.ndim != 1:
+        raise ValueError(f"sample_weight must be 1-D with one weight per row, got shape {w.shape}")
+    if w.shape[0] != n_samples:
+        raise ValueError(
+            f"sample_weight has {w.shape[0]} entries but X has {n_samples} rows; "
+            "pass one weight per row"
+        )
+    w = np.array(w, dtype=dtype, copy=True)
+    if not np.all(np.isfinite(w)):
+        i = int(np.flatnonzero(~np.isfinite(w))[0])
+        raise ValueError(
+            f"sample_weight contains NaN or infinite values (first at row {i}); "
+            "weights must be finite"
+        )
+    if np.any(w < 0):
+        i = int(np.flatnonzero(w < 0)[0])
+        raise ValueError(
+            f"sample_weight[{i}] = {w[i]:g} is negative; frequency weights must be >= 0 "
+            "(drop a row with weight 0)"
+        )
+    if not np.any(w > 0):
+        raise ValueError("sample_weight is zero for every row: there is nothing to fit")
+    return w

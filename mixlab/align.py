@@ -1,4 +1,4 @@
-"""Label alignment: undo label switching in posterior draws.
+"""Label alignment: undo label switching in posterior draws, for any family.
 
 A mixture's likelihood is invariant to permuting its components, so posterior
 draws (across chains, and within a chain when it switches modes) carry
@@ -7,77 +7,82 @@ solution where there is one) by the assignment that minimises a distance
 (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``).
 
 The distance between component ``k`` of a draw and component ``j`` of the
-reference is the squared difference of their means in units of the data's
-standard deviation plus the squared difference of their log standard
-deviations, so both location and spread tell components apart.
+reference is the squared Euclidean distance between their feature vectors,
+which the family defines (:meth:`mixlab.families.Family.alignment_features`):
+by default the means in units of the data's standard deviation and the log
+standard deviations, so both location and spread tell components apart.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from mixlab.families import Family, get_family
+from mixlab.families import Family
+from mixlab.params import MixtureParams
 
 
-def _log_sd(covariances: np.ndarray, family: Family, n_components: int, n_features: int):
-    full = np.asarray(
-        family.to_full(np.asarray(covariances), n_components, n_features), dtype=np.float64
-    )
-    return 0.5 * np.log(np.maximum(np.diagonal(full, axis1=-2, axis2=-1), 1e-300))
+@functools.partial(jax.jit, static_argnames=("family",))
+def _features(components: dict[str, jax.Array], scale: jax.Array, *, family: Family):
+    return jax.vmap(lambda c: family.alignment_features(c, scale))(components)
 
 
-def label_cost(
-    means: np.ndarray,
-    log_sd: np.ndarray,
-    ref_means: np.ndarray,
-    ref_log_sd: np.ndarray,
-    data_scale: np.ndarray,
+def alignment_features(
+    family: Family, components: Mapping[str, Any], data_scale: np.ndarray
 ) -> np.ndarray:
-    """Cost matrix ``(K, K)``: row ``k`` of a draw against column ``j`` of the reference."""
-    dm = (means[:, None, :] - ref_means[None, :, :]) / data_scale
-    ds = log_sd[:, None, :] - ref_log_sd[None, :, :]
-    return np.sum(dm**2, axis=-1) + np.sum(ds**2, axis=-1)
+    """Feature vectors ``(S, K, F)`` of stacked components (leading draw axis ``S``)."""
+    with jax.enable_x64(True):
+        out = _features(
+            {n: jnp.asarray(np.asarray(components[n], np.float64)) for n in family.param_names()},
+            jnp.asarray(np.asarray(data_scale, np.float64)),
+            family=family,
+        )
+        return np.asarray(out)
+
+
+def label_cost(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Cost matrices ``(..., K, K)``: row ``k`` of a draw against column ``j`` of the reference."""
+    return np.sum(np.square(features[..., :, None, :] - reference[..., None, :, :]), axis=-1)
 
 
 def permutations_to_reference(
     draws: Mapping[str, np.ndarray],
-    reference: Mapping[str, np.ndarray],
-    covariance_type: str,
+    reference: MixtureParams,
     data_scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each draw, ``perm`` such that ``draw[perm]`` lines up with the reference.
 
     Parameters
     ----------
-    draws : dict with "means" ``(S, K, D)`` and "covariances" ``(S, K, ...)``
-        Flattened draws (any leading sample axis ``S``).
-    reference : dict with "means" ``(K, D)`` and "covariances"
-    covariance_type : str
+    draws : dict with the family's parameters
+        Flattened draws, each with a leading sample axis ``S``.
+    reference : MixtureParams
     data_scale : array of shape (D,), optional
-        Units for mean differences (default: the spread of the reference means,
-        or 1).
+        Units for differences of location (default 1).
 
     Returns
     -------
     int array of shape (S, K)
     """
-    family = get_family(covariance_type)
-    means = np.asarray(draws["means"], dtype=np.float64)
-    n_draws, n_components, n_features = means.shape
-    ref_means = np.asarray(reference["means"], dtype=np.float64)
-    if data_scale is None:
-        data_scale = np.ones(n_features)
-    data_scale = np.where(np.asarray(data_scale) > 0, data_scale, 1.0)
-    ref_log_sd = _log_sd(reference["covariances"], family, n_components, n_features)
-    covs = np.asarray(draws["covariances"])
+    family = reference.family
+    n_features = reference.n_features
+    scale = np.ones(n_features) if data_scale is None else np.asarray(data_scale, np.float64)
+    scale = np.where(scale > 0, scale, 1.0)
+    ref = alignment_features(
+        family, {k: np.asarray(v)[None] for k, v in reference.components.items()}, scale
+    )[0]
+    feats = alignment_features(family, draws, scale)
+    costs = label_cost(feats, ref)
+    n_draws, n_components = costs.shape[:2]
     perms = np.empty((n_draws, n_components), dtype=np.int64)
     for s in range(n_draws):
-        log_sd = _log_sd(covs[s], family, n_components, n_features)
-        cost = label_cost(means[s], log_sd, ref_means, ref_log_sd, data_scale)
-        rows, cols = linear_sum_assignment(cost)
+        rows, cols = linear_sum_assignment(costs[s])
         perm = np.empty(n_components, dtype=np.int64)
         perm[cols] = rows  # reference slot j takes draw component rows[j]
         perms[s] = perm
@@ -85,29 +90,25 @@ def permutations_to_reference(
 
 
 def apply_permutations(
-    draws: Mapping[str, np.ndarray], perms: np.ndarray, covariance_type: str
+    draws: Mapping[str, np.ndarray], perms: np.ndarray, family: Family
 ) -> dict[str, np.ndarray]:
     """Permute the component axis of every per-component array in ``draws``.
 
     ``draws`` arrays have a leading sample axis ``S`` then the component axis;
-    shared covariances (``tied``) are left as they are.
+    parameters shared by all components (a tied covariance) are left as they are.
     """
-    family = get_family(covariance_type)
+    shared = {s.name for s in family.param_specs() if not s.per_component}
     out = {}
     idx = np.arange(perms.shape[0])[:, None]
     for name, value in draws.items():
         value = np.asarray(value)
-        if name == "covariances" and not family.per_component_covariance:
-            out[name] = value.copy()
-        else:
-            out[name] = value[idx, perms]
+        out[name] = value.copy() if name in shared else value[idx, perms]
     return out
 
 
 def align_to_reference(
     draws: Mapping[str, np.ndarray],
-    reference: Mapping[str, np.ndarray],
-    covariance_type: str,
+    reference: MixtureParams,
     data_scale: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Relabel draws with leading axes ``(chain, draw)`` to match ``reference``.
@@ -116,8 +117,8 @@ def align_to_reference(
     """
     lead = np.asarray(draws["weights"]).shape[:2]
     flat = {k: np.asarray(v).reshape((-1, *np.asarray(v).shape[2:])) for k, v in draws.items()}
-    perms = permutations_to_reference(flat, reference, covariance_type, data_scale)
-    aligned = apply_permutations(flat, perms, covariance_type)
+    perms = permutations_to_reference(flat, reference, data_scale)
+    aligned = apply_permutations(flat, perms, reference.family)
     return (
         {k: v.reshape((*lead, *v.shape[1:])) for k, v in aligned.items()},
         perms.reshape((*lead, -1)),

@@ -1,4 +1,4 @@
-"""``fit``: the one entry point for every method."""
+"""``fit``: the one entry point for every method and every family."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from mixlab._jaxutil import KeyLike, as_key, resolve_dtype
-from mixlab._validation import check_data, check_int
+from mixlab._validation import check_data, check_int, check_sample_weight
 from mixlab.em.driver import EMStatus, fit_em
 from mixlab.families import Family, get_family
 from mixlab.methods import EM, NUTS, SVI, Method
@@ -17,12 +17,24 @@ from mixlab.params import MixtureParams
 from mixlab.result import FitResult, Restarts
 
 
+def resolve_family(family: str | Family, covariance: str | None) -> Family:
+    """The family object for ``fit(..., family=, covariance=)``, with clear errors."""
+    try:
+        return get_family(family, covariance=covariance)
+    except ValueError as exc:
+        if covariance is not None and "no option(s) 'covariance'" in str(exc):
+            raise ValueError(
+                f"covariance={covariance!r} applies to families with a covariance layout "
+                f"(gaussian, student_t), not to {family!r}; leave it out"
+            ) from None
+        raise
+
+
 def _explicit_start(init: Any, family: Family, n_components: int, X: np.ndarray) -> MixtureParams:
-    params = MixtureParams.from_dict(init, covariance_type=family.covariance_type)
-    if params.covariance_type != family.covariance_type:
+    params = MixtureParams.from_dict(init, family=family)
+    if params.family != family:
         raise ValueError(
-            f"starting parameters have covariance_type={params.covariance_type!r} but the fit "
-            f"uses covariance={family.covariance_type!r}"
+            f"starting parameters are for {params.family!r} but the fit uses {family!r}"
         )
     if params.n_components != n_components:
         raise ValueError(
@@ -31,12 +43,19 @@ def _explicit_start(init: Any, family: Family, n_components: int, X: np.ndarray)
         )
     if params.n_features != X.shape[1]:
         raise ValueError(
-            f"starting means have {params.n_features} feature(s) but X has {X.shape[1]}"
+            f"starting parameters have {params.n_features} feature(s) but X has {X.shape[1]}"
         )
     return params.astype(X.dtype)
 
 
-def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: Any) -> FitResult:
+def _fit_em(
+    X: np.ndarray,
+    n_components: int,
+    family: Family,
+    method: EM,
+    key: Any,
+    sample_weight: np.ndarray | None,
+) -> FitResult:
     init = method.init
     if not isinstance(init, str):
         init = _explicit_start(init, family, n_components, X)
@@ -46,6 +65,7 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
         family,
         key=key,
         init=init,
+        sample_weight=sample_weight,
         record_params=method.record_params,
         progress=method.progress,
         **method.engine_options(),
@@ -55,6 +75,7 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
         run,
         X,
         method,
+        sample_weight,
         params_trace=run.params_trace,
         restarts=Restarts(
             log_likelihood=run.restart_log_likelihood,
@@ -74,24 +95,37 @@ def _fit_em(X: np.ndarray, n_components: int, family: Family, method: EM, key: A
 
 
 def _fit_bayes(
-    X: np.ndarray, n_components: int, family: Family, method: SVI | NUTS, key: Any
+    X: np.ndarray,
+    n_components: int,
+    family: Family,
+    method: SVI | NUTS,
+    key: Any,
+    sample_weight: np.ndarray | None,
 ) -> FitResult:
     from mixlab import bayes  # NumPyro loads here, on first use
 
     run_fn = bayes.run_svi if isinstance(method, SVI) else bayes.run_nuts
     with jax.enable_x64(X.dtype == np.float64):
-        run = run_fn(X, n_components, family, method, key)
+        run = run_fn(X, n_components, family, method, key, sample_weight)
     return _result(
         method.name,
         run,
         X,
         method,
+        sample_weight,
         posterior=run.posterior,
         diagnostics=run.diagnostics,
     )
 
 
-def _result(name: str, run: Any, X: np.ndarray, method: Method, **extra: Any) -> FitResult:
+def _result(
+    name: str,
+    run: Any,
+    X: np.ndarray,
+    method: Method,
+    sample_weight: np.ndarray | None,
+    **extra: Any,
+) -> FitResult:
     """A FitResult from the fields every engine's run shares, plus ``extra``."""
     return FitResult(
         method=name,
@@ -105,6 +139,7 @@ def _result(name: str, run: Any, X: np.ndarray, method: Method, **extra: Any) ->
         n_samples=X.shape[0],
         settings=method.settings(),
         data=X,
+        sample_weight=sample_weight,
         **extra,
     )
 
@@ -126,11 +161,13 @@ def fit(
     n_components: int,
     method: Method | None = None,
     *,
-    covariance: str = "full",
+    family: str | Family = "gaussian",
+    covariance: str | None = None,
+    sample_weight: Any = None,
     key: KeyLike = 0,
     dtype: Any = None,
 ) -> FitResult:
-    """Fit a finite Gaussian mixture to ``X``.
+    """Fit a finite mixture to ``X``.
 
     Parameters
     ----------
@@ -140,8 +177,16 @@ def fit(
         Number of mixture components K.
     method : EM, SVI or NUTS, default EM()
         How to fit; carries the method's settings.
-    covariance : {"full", "diag", "spherical", "tied"}
-        Covariance layout of the components.
+    family : {"gaussian", "poisson", "bernoulli", "student_t"} or Family
+        The component distribution, by name or as a family object
+        (``ml.families.StudentT(covariance="full")``).
+    covariance : {"full", "diag", "spherical", "tied"}, optional
+        Covariance layout of Gaussian (default ``"full"``) and Student-t
+        components.
+    sample_weight : array of shape (n_samples,), optional
+        Frequency weights: an integer weight is the same as that many copies
+        of the row, zero the same as leaving it out.  BIC/AIC count
+        ``sum(sample_weight)`` observations.
     key : int or jax.random key, default 0
         Randomness (initialisation, restarts, sampling).  The same key, data
         and settings give the same result, bit for bit.
@@ -157,8 +202,9 @@ def fit(
     ------
     ValueError
         Bad data (NaN/inf, wrong dimensions, empty, fewer samples than
-        components) or settings; :class:`mixlab.errors.FitError` when the fit
-        collapsed.
+        components, values the family cannot model such as negative counts)
+        or settings or weights; :class:`mixlab.errors.FitError` when no
+        restart gave a usable fit.
     TypeError
         Non-numeric data or a wrong argument type.
     """
@@ -169,7 +215,18 @@ def fit(
             f"method must be ml.EM(...), ml.SVI(...) or ml.NUTS(...), got {type(method).__name__}"
         )
     n_components = check_int(n_components, "n_components", minimum=1)
-    family = get_family(covariance)
+    fam = resolve_family(family, covariance)
+    if isinstance(method, EM):
+        method.check_for(fam)
     dt = resolve_dtype(dtype, X)
     data = check_data(X, dt, min_samples=n_components)
-    return _backend(method)(data, n_components, family, method, as_key(key))
+    fam.check_data(data)
+    weights = None
+    if sample_weight is not None:
+        weights = check_sample_weight(sample_weight, data.shape[0], dt)
+        if int(np.count_nonzero(weights)) < n_components:
+            raise ValueError(
+                f"only {int(np.count_nonzero(weights))} row(s) have a positive sample_weight "
+                f"but n_components={n_components}; use fewer components or more data"
+            )
+    return _backend(method)(data, n_components, fam, method, as_key(key), weights)

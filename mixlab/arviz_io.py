@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mixlab.em.steps import log_likelihood_draws
+from mixlab.density import log_likelihood_draws
 
 
 def import_arviz() -> Any:
@@ -23,20 +23,13 @@ def import_arviz() -> Any:
     return arviz
 
 
-def _covariance_dims(params: Any) -> list[str]:
-    """spherical (component,), diag (component, feature), full (component, feature,
-    feature_), tied (feature, feature_)."""
-    family = params.family_impl
-    ndim = len(family.covariance_shape(params.n_components, params.n_features))
-    dims = ["component", "feature", "feature_"]
-    return (dims if family.per_component_covariance else dims[1:])[:ndim]
-
-
 def _draws(result: Any) -> dict[str, np.ndarray]:
     if result.posterior is not None:
         return {k: np.asarray(v) for k, v in result.posterior.items()}
     p = result.params  # EM: its point estimate as a single draw
-    return {k: np.asarray(getattr(p, k))[None, None] for k in ("weights", "means", "covariances")}
+    out = {"weights": np.asarray(p.weights)[None, None]}
+    out.update({k: np.asarray(v)[None, None] for k, v in p.components.items()})
+    return out
 
 
 def to_inference_data(result: Any, X: Any = None, feature_names: list[str] | None = None) -> Any:
@@ -59,13 +52,8 @@ def to_inference_data(result: Any, X: Any = None, feature_names: list[str] | Non
         "feature": features,
         "feature_": features,
     }
-    dims = {
-        "weights": ["component"],
-        "means": ["component", "feature"],
-        "covariances": _covariance_dims(params),
-        "obs": ["obs_id"],
-        "X": ["obs_id", "feature"],
-    }
+    dims = {"weights": ["component"], "obs": ["obs_id"], "X": ["obs_id", "feature"]}
+    dims.update({spec.name: list(spec.dims) for spec in params.family.param_specs()})
     sample_stats = None
     diag = result.diagnostics
     if result.method == "nuts":
@@ -82,7 +70,7 @@ def to_inference_data(result: Any, X: Any = None, feature_names: list[str] | Non
     if X is not None:
         X = np.asarray(X)
         X = X[:, None] if X.ndim == 1 else X
-        pointwise = log_likelihood_draws(X, draws, params.covariance_type, pointwise=True)
+        pointwise = log_likelihood_draws(X, draws, params.family, pointwise=True)
         log_likelihood = {"obs": pointwise}
         observed = {"X": X}
         coords["obs_id"] = np.arange(X.shape[0])

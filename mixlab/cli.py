@@ -184,10 +184,7 @@ def _write_params(out: Path, result: Any, X: np.ndarray, names: list[str]) -> Pa
     payload = {
         "method": result.method,
         "columns": names,
-        "covariance_type": params["covariance_type"],
-        "weights": params["weights"].tolist(),
-        "means": params["means"].tolist(),
-        "covariances": params["covariances"].tolist(),
+        **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in params.items()},
         "log_likelihood": result.log_likelihood,
         "converged": bool(result.converged),
         "n_iter": int(result.n_iter),

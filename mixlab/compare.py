@@ -13,47 +13,43 @@ from mixlab.result import FitResult
 
 
 def parameter_names(result: FitResult) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
-    """Row labels and array indices of every free parameter element.
+    """Row labels and array indices of every free parameter element, by parameter.
 
-    Symmetric covariances list their upper triangle only.
+    ``weights`` first, then the family's parameters in order; symmetric
+    matrices list their upper triangle only.
     """
     p = result.params
     K, D = p.n_components, p.n_features
-    cov_shape = p.family_impl.covariance_shape(K, D)
     out: dict[str, list[tuple[str, tuple[int, ...]]]] = {
         "weights": [(f"weights[{k}]", (k,)) for k in range(K)],
-        "means": [(f"means[{k},{d}]", (k, d)) for k in range(K) for d in range(D)],
     }
-    cov = []
-    for idx in np.ndindex(*cov_shape):
-        if len(idx) >= 2 and idx[-2] > idx[-1]:
-            continue  # lower triangle repeats the upper one
-        cov.append((f"covariances[{','.join(map(str, idx))}]", idx))
-    out["covariances"] = cov
+    for spec in p.family.param_specs():
+        rows = []
+        for idx in np.ndindex(*spec.shape(K, D)):
+            if spec.symmetric and idx[-2] > idx[-1]:
+                continue  # lower triangle repeats the upper one
+            rows.append((f"{spec.name}[{','.join(map(str, idx))}]", idx))
+        out[spec.name] = rows
     return out
+
+
+def _value(params: Any, group: str) -> np.ndarray:
+    return np.asarray(params.weights if group == "weights" else params.components[group])
 
 
 def _aligned_draws(em: FitResult, other: FitResult) -> dict[str, np.ndarray]:
     """``other``'s draws relabelled to ``em``'s components (one permutation for all draws:
     they are already aligned among themselves)."""
-    ct = em.params.covariance_type
-    point = {
-        "means": np.asarray(other.params.means)[None],
-        "covariances": np.asarray(other.params.covariances)[None],
-    }
-    reference = {
-        "means": np.asarray(em.params.means),
-        "covariances": np.asarray(em.params.covariances),
-    }
+    point = {k: np.asarray(v)[None] for k, v in other.params.components.items()}
     data = em.data if em.data is not None else other.data
     scale = None if data is None else np.std(data, axis=0)
-    perm = permutations_to_reference(point, reference, ct, scale)[0]
+    perm = permutations_to_reference(point, em.params, scale)[0]
     lead = other.posterior["weights"].shape[:2]
     flat = {
         k: np.asarray(v).reshape((-1, *np.asarray(v).shape[2:])) for k, v in other.posterior.items()
     }
     perms = np.broadcast_to(perm, (flat["weights"].shape[0], len(perm)))
-    aligned = apply_permutations(flat, perms, ct)
+    aligned = apply_permutations(flat, perms, em.params.family)
     return {k: v.reshape((*lead, *v.shape[1:])) for k, v in aligned.items()}
 
 
@@ -81,8 +77,9 @@ class Comparison:
         its standard error) where it has one, divergences, worst r-hat and
         smallest ESS, run and compile time.
     agree : dict of str to bool
-        Per method: EM lies inside its HDI for every weight and mean (for a
-        MAP: within 1 % of it for every parameter).
+        Per method: EM lies inside its HDI for every weight and every element
+        of the family's location parameter (means, rates, probabilities; for
+        a MAP: within 1 % of it for every parameter).
     summary : str
         A sentence per method saying whether EM and the posterior agree.
     hdi_prob : float
@@ -136,21 +133,24 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
     for other in others:
         if not isinstance(other, FitResult) or other.posterior is None:
             raise TypeError("every other result must be an SVI or NUTS FitResult with draws")
-        if (other.params.n_components, other.params.covariance_type, other.params.n_features) != (
+        if (other.params.n_components, other.params.family, other.params.n_features) != (
             em.params.n_components,
-            em.params.covariance_type,
+            em.params.family,
             em.params.n_features,
         ):
             raise ValueError(
                 f"{other.method} fit has {other.params.n_components} components "
-                f"({other.params.covariance_type}) but the EM fit has {em.params.n_components} "
-                f"({em.params.covariance_type}); compare fits of the same model"
+                f"({other.params.family!r}) but the EM fit has {em.params.n_components} "
+                f"({em.params.family!r}); compare fits of the same model"
             )
     names = parameter_names(em)
+    # The verdict rests on the weights and the location parameters (the first of each
+    # family: means, rates, probabilities); scales are reported but not required.
+    key_groups = ("weights", em.params.family.param_names()[0])
     rows = [(label, group, idx) for group, items in names.items() for label, idx in items]
     table: dict[str, list[Any]] = {
         "parameter": [r[0] for r in rows],
-        "em": [float(np.asarray(getattr(em.params, g))[i]) for _, g, i in rows],
+        "em": [float(_value(em.params, g)[i]) for _, g, i in rows],
     }
     methods: list[dict[str, Any]] = [
         {
@@ -180,7 +180,7 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
                 if flat.size > 1
                 else (np.array([flat[0], flat[0]]))
             )
-            em_value = float(np.asarray(getattr(em.params, group))[idx])
+            em_value = float(_value(em.params, group)[idx])
             mean.append(float(flat.mean()))
             sd.append(float(flat.std(ddof=1)) if flat.size > 1 else 0.0)
             lo.append(float(interval[0]) if not point_only else np.nan)
@@ -203,7 +203,7 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
             ("ess", ess),
         ):
             table[f"{tag}_{col}"] = values
-        key_rows = [i for i, r in enumerate(rows) if r[1] in ("weights", "means")]
+        key_rows = [i for i, r in enumerate(rows) if r[1] in key_groups]
         outside = [rows[i][0] for i in range(len(rows)) if not inside[i]]
         agree[tag] = all(inside[i] for i in key_rows)
         pct = round(100 * hdi_prob)
@@ -224,7 +224,7 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
                 f"inside the {pct}% HDI."
             )
         else:
-            verdict = "agrees on weights and means" if agree[tag] else "DISAGREES"
+            verdict = f"agrees on {' and '.join(key_groups)}" if agree[tag] else "DISAGREES"
             shown = ", ".join(outside[:6]) + (" ..." if len(outside) > 6 else "")
             lines.append(
                 f"{tag}: EM {verdict}: {len(outside)} of {len(rows)} parameters outside "

@@ -18,8 +18,6 @@ from mixlab.em.init import INIT_METHODS
 from mixlab.params import MixtureParams
 from mixlab.priors import Priors
 
-FIXABLE = ("weights", "means", "covariances")
-
 
 class Method:
     """Base class of the method objects."""
@@ -83,16 +81,19 @@ class EM(Method):
         probable component; the trace then holds the classification
         log-likelihood ``sum_i max_k log(pi_k p(x_i | theta_k))``, which hard EM
         never decreases.
-    fixed : tuple of {"weights", "means", "covariances"}
-        Parameters held at their starting values.  Hard EM with fixed equal
-        weights and fixed equal spherical covariances is k-means.
+    fixed : tuple of str
+        Parameters held at their starting values: ``"weights"`` or any of the
+        family's parameters (``"means"``, ``"covariances"``, ``"dofs"``, ...);
+        the others are estimated given them.  Hard EM with fixed equal weights
+        and fixed equal spherical covariances is k-means.
     record_params : bool
         Keep the parameters of every iteration (``FitResult.params_trace``).
     chunk_size : int, optional
         Rows per chunk of the E- and M-steps; by default about 4 MiB of
         intermediates per chunk, which keeps them in cache.
     formulation : {"auto", "centred", "expanded"}
-        How the statistics are computed. ``"centred"``: log-densities through
+        How the statistics are computed (Gaussian; other families have one
+        formulation and accept ``"auto"``). ``"centred"``: log-densities through
         ``x P_k - mu_k P_k`` and covariances centred on the new means (two
         passes over the data; exact in float32).  ``"expanded"``: quadratic
         forms on the data's second moments (one pass, two to three times
@@ -164,18 +165,36 @@ class EM(Method):
             )
         fixed = (self.fixed,) if isinstance(self.fixed, str) else tuple(self.fixed)
         for name in fixed:
-            check_choice(name, "fixed", FIXABLE)
-        if set(fixed) == set(FIXABLE):
-            raise ValueError("fixed holds every parameter; leave at least one free to fit")
+            if not isinstance(name, str):
+                raise TypeError(f"fixed must hold parameter names, got {name!r}")
         object.__setattr__(self, "fixed", fixed)
         if not isinstance(self.record_params, bool | np.bool_):
             raise TypeError("record_params must be True or False")
         if self.chunk_size is not None:
             check_int(self.chunk_size, "chunk_size", minimum=1)
-        check_choice(self.formulation, "formulation", ("auto", "centred", "expanded"))
+        if not isinstance(self.formulation, str):
+            raise TypeError(f"formulation must be a string, got {type(self.formulation).__name__}")
         check_choice(self.on_collapse, "on_collapse", ("reinit", "ignore", "raise"))
         if not isinstance(self.progress, bool | np.bool_):
             raise TypeError("progress must be True or False")
+
+    def check_for(self, family: Any) -> None:
+        """Check the settings that depend on the family (fixed names, formulation)."""
+        names = ("weights", *family.param_names())
+        for name in self.fixed:
+            if name not in names:
+                raise ValueError(
+                    f"fixed must name parameters of {family!r}: {', '.join(map(repr, names))}; "
+                    f"got {name!r}"
+                )
+        if set(self.fixed) >= set(names):
+            raise ValueError("fixed holds every parameter; leave at least one free to fit")
+        if self.formulation != "auto" and self.formulation not in family.formulations:
+            raise ValueError(
+                f"formulation must be 'auto' or one of "
+                f"{', '.join(map(repr, family.formulations))} for {family!r}; "
+                f"got {self.formulation!r}"
+            )
 
     def engine_options(self) -> dict[str, Any]:
         """The loop settings as keyword arguments of the engine's ``fit_em``.

@@ -1,10 +1,9 @@
-"""``MixtureParams``: the parameters of a finite mixture, as a JAX pytree."""
+"""``MixtureParams``: the parameters of a finite mixture of any family, as a JAX pytree."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -15,7 +14,8 @@ from mixlab._jaxutil import KeyLike, as_key
 from mixlab._validation import check_int
 from mixlab.families import Family, get_family
 
-_DATA_FIELDS = ("weights", "means", "covariances", "prec_chol")
+#: Keys of a parameter dict that name the family rather than a parameter.
+_FAMILY_KEYS = ("family", "covariance_type", "covariance")
 
 
 def _float_array(value: Any, name: str, dtype: np.dtype) -> np.ndarray:
@@ -37,8 +37,24 @@ def _infer_dtype(*values: Any) -> np.dtype:
     return np.dtype(np.float64)
 
 
+def _n_features(family: Family, arrays: Mapping[str, Any]) -> int:
+    """The number of features, read off the first parameter with a feature axis.
+
+    A per-component parameter given with its feature axis missing (``means``
+    of shape ``(K,)``) is one feature.
+    """
+    for spec in family.param_specs():
+        if "feature" not in spec.dims:
+            continue
+        value = np.shape(arrays[spec.name])
+        axis = spec.dims.index("feature")
+        if len(value) < len(spec.dims):
+            return 1
+        return int(value[axis])
+    return 1
+
+
 @jax.tree_util.register_pytree_node_class
-@dataclass(frozen=True, eq=False, repr=False)
 class MixtureParams:
     """Weights and component parameters of a finite mixture.
 
@@ -46,199 +62,249 @@ class MixtureParams:
     ----------
     weights : array of shape (n_components,)
         Mixing proportions: non-negative, summing to one.
-    means : array of shape (n_components, n_features)
-        Component means. ``(n_components,)`` is read as one feature.
-    covariances : array
-        Laid out as scikit-learn does for ``covariance_type``: ``full``
-        ``(K, D, D)``, ``diag`` ``(K, D)``, ``spherical`` ``(K,)``, ``tied``
-        ``(D, D)``.  With one feature, ``(K,)`` is accepted for every type.
-    covariance_type : {"full", "diag", "spherical", "tied"}
-    family : str
-        Component family; ``"gaussian"``.
+    means, covariances : array, optional
+        Gaussian shortcut: ``MixtureParams(weights, means, covariances,
+        covariance_type)`` with covariances laid out as scikit-learn does
+        (``full (K, D, D)``, ``diag (K, D)``, ``spherical (K,)``, ``tied (D,
+        D)``; with one feature ``(K,)`` works for every type).
+    covariance_type : {"full", "diag", "spherical", "tied"}, optional
+        Layout of Gaussian and Student-t covariances (default ``"full"``).
+    family : str or Family, default "gaussian"
+        ``"gaussian"``, ``"poisson"``, ``"bernoulli"``, ``"student_t"`` or a
+        family object.
+    components : dict, optional
+        The component parameters by name (alternative to keywords).
+    **named : array
+        Component parameters by name: ``rates=`` (Poisson), ``probs=``
+        (Bernoulli), ``dofs=`` (Student-t), ...
 
     Attributes
     ----------
-    prec_chol : array
-        Cholesky factors of the precisions (``P @ P.T = inv(covariance)``),
-        derived from ``covariances``; used for every log-density.
+    weights : array of shape (n_components,)
+    components : dict of str to array
+        Every component parameter, each with a leading component axis (unless
+        shared by all components, as a tied covariance).  Each is also an
+        attribute: ``params.means``, ``params.rates``, ...
+    family : Family
 
     Raises
     ------
     ValueError
-        A shape that does not fit the others, a non-finite value, weights that
-        are negative or do not sum to one, or a covariance that is not
-        positive definite.  The message names the field and component.
+        A missing or unknown parameter, a shape that does not fit the others,
+        a non-finite value, weights that are negative or do not sum to one, or
+        a parameter outside its constraint (a covariance that is not positive
+        definite, a negative rate, a probability above one).  The message
+        names the field and component.
 
     Notes
     -----
     Construction validates and copies its inputs.  Inside ``jit`` the
-    parameters move as a pytree with leaves ``weights, means, covariances,
-    prec_chol`` and static ``covariance_type, family``; rebuilding them from
-    leaves does not validate.
+    parameters move as a pytree with leaves ``weights`` and the components
+    and the family as static data; rebuilding them from leaves does not
+    validate.
     """
 
-    weights: Any
-    means: Any
-    covariances: Any
-    covariance_type: str = "full"
-    family: str = "gaussian"
-    prec_chol: Any = field(default=None, init=False)
+    __slots__ = ("components", "family", "weights")
 
-    def __post_init__(self) -> None:
-        fam = get_family(self.covariance_type, self.family)
-        dtype = _infer_dtype(self.weights, self.means, self.covariances)
-        weights = _float_array(self.weights, "weights", dtype)
-        means = _float_array(self.means, "means", dtype)
-        covariances = _float_array(self.covariances, "covariances", dtype)
-        if weights.ndim != 1 or weights.size == 0:
+    def __init__(
+        self,
+        weights: Any,
+        means: Any = None,
+        covariances: Any = None,
+        covariance_type: str | None = None,
+        family: str | Family | None = None,
+        *,
+        components: Mapping[str, Any] | None = None,
+        **named: Any,
+    ) -> None:
+        fam = get_family(family if family is not None else "gaussian", covariance=covariance_type)
+        values = dict(components or {})
+        for name, value in (("means", means), ("covariances", covariances), *named.items()):
+            if value is not None:
+                if name in values:
+                    raise ValueError(f"{name} is given twice")
+                values[name] = value
+        allowed = fam.param_names()
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {unknown} for {fam!r}; its parameters are "
+                f"{', '.join(allowed)} (and weights)"
+            )
+        missing = [n for n in allowed if n not in values]
+        if missing:
+            raise ValueError(
+                f"{fam!r} needs {', '.join(allowed)} besides weights; missing {', '.join(missing)}"
+            )
+        dtype = _infer_dtype(weights, *values.values())
+        w = _float_array(weights, "weights", dtype)
+        if w.ndim != 1 or w.size == 0:
             raise ValueError(
                 f"weights must be a non-empty 1-D array of shape (n_components,), "
-                f"got shape {weights.shape}"
+                f"got shape {w.shape}"
             )
-        n_components = weights.shape[0]
-        if means.ndim == 1:
-            means = means.reshape(-1, 1)
-        if means.ndim != 2 or means.shape[0] != n_components:
-            raise ValueError(
-                f"means must have shape (n_components, n_features) = ({n_components}, D) "
-                f"to match weights, got shape {means.shape}"
-            )
-        n_features = means.shape[1]
-        if np.any(weights < 0):
-            k = int(np.flatnonzero(weights < 0)[0])
-            raise ValueError(f"weights[{k}] = {weights[k]:.3g} is negative; weights must be >= 0")
-        total = float(weights.sum(dtype=np.float64))
+        n_components = w.shape[0]
+        if np.any(w < 0):
+            k = int(np.flatnonzero(w < 0)[0])
+            raise ValueError(f"weights[{k}] = {w[k]:.3g} is negative; weights must be >= 0")
+        total = float(w.sum(dtype=np.float64))
         tol = 1e-6 if dtype == np.float64 else 1e-4
         if abs(total - 1.0) > tol:
             raise ValueError(
                 f"weights sum to {total:.10g}, not 1; normalise them with weights / weights.sum()"
             )
-        covariances = fam.coerce_covariances(covariances, n_components, n_features)
-        fam.check_covariances(covariances)
-        with jax.enable_x64(True):
-            prec_chol = np.asarray(fam.precision_cholesky(jnp.asarray(covariances)))
-        for name, value in zip(_DATA_FIELDS, (weights, means, covariances, prec_chol)):
-            object.__setattr__(self, name, value)
+        arrays = {n: _float_array(values[n], n, dtype) for n in allowed}
+        n_features = _n_features(fam, arrays)
+        for spec in fam.param_specs():
+            value = arrays[spec.name]
+            if spec.dims[:2] == ("component", "feature") and value.ndim == 1:
+                value = value.reshape(-1, 1)  # one feature
+            if spec.per_component and (value.ndim == 0 or value.shape[0] != n_components):
+                raise ValueError(
+                    f"{spec.name} must have shape {spec.shape(n_components, n_features)} "
+                    f"({', '.join(spec.dims)}) to match weights, got shape {value.shape}"
+                )
+            arrays[spec.name] = fam.coerce(spec.name, value, n_components, n_features)
+        fam.check_components(arrays)
+        object.__setattr__(self, "weights", w)
+        object.__setattr__(self, "components", arrays)
+        object.__setattr__(self, "family", fam)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("MixtureParams is immutable; use .replace(...) for a changed copy")
 
     # ----------------------------------------------------------- construction
     @classmethod
-    def trusted(
-        cls,
-        weights: Any,
-        means: Any,
-        covariances: Any,
-        prec_chol: Any,
-        covariance_type: str,
-        family: str = "gaussian",
-    ) -> MixtureParams:
+    def trusted(cls, weights: Any, components: Mapping[str, Any], family: Family) -> MixtureParams:
         """Build without validation (inside ``jit`` or from already checked arrays)."""
         obj = object.__new__(cls)
-        for name, value in zip(_DATA_FIELDS, (weights, means, covariances, prec_chol)):
-            object.__setattr__(obj, name, value)
-        object.__setattr__(obj, "covariance_type", covariance_type)
+        object.__setattr__(obj, "weights", weights)
+        object.__setattr__(obj, "components", dict(components))
         object.__setattr__(obj, "family", family)
         return obj
 
     @classmethod
     def from_dict(
-        cls, params: Mapping[str, Any], covariance_type: str | None = None
+        cls,
+        params: Mapping[str, Any],
+        covariance_type: str | None = None,
+        family: str | Family | None = None,
     ) -> MixtureParams:
-        """Build from ``{"weights": ..., "means": ..., "covariances": ...}``.
+        """Build from ``{"weights": ..., <component parameters>...}``.
 
-        ``covariance_type`` may also be given as a key of the mapping.
+        The family and covariance type may be keys of the mapping
+        (``"family"``, ``"covariance_type"``) or arguments; where both are
+        given they must agree.
         """
         if isinstance(params, MixtureParams):
             return params
         if not isinstance(params, Mapping):
             raise TypeError(
-                "parameters must be a dict with keys 'weights', 'means', 'covariances' "
-                f"or a MixtureParams, got {type(params).__name__}"
+                "parameters must be a dict such as {'weights': ..., 'means': ..., "
+                "'covariances': ...} or a MixtureParams, got " + type(params).__name__
             )
-        missing = [k for k in ("weights", "means", "covariances") if k not in params]
-        if missing:
-            raise ValueError(
-                f"parameter dict is missing {missing}; it needs 'weights', 'means' and "
-                "'covariances' (laid out as scikit-learn does for the covariance type)"
-            )
-        known = {"weights", "means", "covariances", "covariance_type", "family"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown keys in parameter dict: {unknown}; allowed: {sorted(known)}")
-        ctype = covariance_type or params.get("covariance_type", "full")
-        if covariance_type and params.get("covariance_type", covariance_type) != covariance_type:
-            raise ValueError(
-                f"parameter dict says covariance_type={params['covariance_type']!r} but "
-                f"{covariance_type!r} was requested"
-            )
-        return cls(
-            params["weights"],
-            params["means"],
-            params["covariances"],
-            covariance_type=ctype,
-            family=params.get("family", "gaussian"),
+        for key, given in (("covariance_type", covariance_type), ("family", family)):
+            stored = params.get(key)
+            if (
+                given is not None
+                and stored is not None
+                and str(stored) != str(getattr(given, "name", given))
+            ):
+                raise ValueError(
+                    f"parameter dict says {key}={stored!r} but {given!r} was requested"
+                )
+        fam = get_family(
+            family if family is not None else params.get("family", "gaussian"),
+            covariance=covariance_type or params.get("covariance_type") or params.get("covariance"),
         )
+        if "weights" not in params:
+            raise ValueError(
+                f"parameter dict is missing 'weights'; it needs 'weights' and "
+                f"{', '.join(map(repr, fam.param_names()))}"
+            )
+        named = {k: v for k, v in params.items() if k not in (*_FAMILY_KEYS, "weights")}
+        return cls(params["weights"], family=fam, components=named)
 
     # ------------------------------------------------------------------ pytree
-    def tree_flatten(self) -> tuple[tuple[Any, ...], tuple[str, str]]:
-        return (
-            (self.weights, self.means, self.covariances, self.prec_chol),
-            (self.covariance_type, self.family),
-        )
+    def tree_flatten(self) -> tuple[tuple[Any, Any], Family]:
+        return (self.weights, self.components), self.family
 
     @classmethod
-    def tree_unflatten(cls, aux: tuple[str, str], children: Any) -> MixtureParams:
-        return cls.trusted(*children, covariance_type=aux[0], family=aux[1])
+    def tree_unflatten(cls, family: Family, children: Any) -> MixtureParams:
+        return cls.trusted(children[0], children[1], family)
 
     # -------------------------------------------------------------- accessors
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the component parameters by name.
+        try:
+            components = object.__getattribute__(self, "components")
+        except AttributeError:
+            raise AttributeError(name) from None
+        if name in components:
+            return components[name]
+        family = object.__getattribute__(self, "family")
+        raise AttributeError(
+            f"{family!r} parameters have no {name!r}; they are weights, "
+            f"{', '.join(family.param_names())}"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"weights": self.weights, "components": self.components, "family": self.family}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
     @property
-    def family_impl(self) -> Family:
-        """The registered :class:`~mixlab.families.Family` for these parameters."""
-        return get_family(self.covariance_type, self.family)
+    def covariance_type(self) -> str | None:
+        """The covariance layout (Gaussian, Student-t), else ``None``."""
+        return self.family.covariance_type
 
     @property
     def n_components(self) -> int:
-        return int(self.weights.shape[-1])
+        return int(np.shape(self.weights)[-1])
 
     @property
     def n_features(self) -> int:
-        return int(self.means.shape[-1])
+        return _n_features(self.family, self.components)
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.means.dtype)
+        return np.dtype(self.weights.dtype)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean ``(K, D)`` and covariance ``(K, D, D)`` of each component."""
+        with jax.enable_x64(True):
+            mean, cov = _moments(jax.tree_util.tree_map(jnp.asarray, self))
+            return np.asarray(mean), np.asarray(cov)
 
     def full_covariances(self) -> np.ndarray:
-        """Covariances as ``(n_components, n_features, n_features)`` matrices."""
-        with jax.enable_x64(True):
-            return np.asarray(
-                self.family_impl.to_full(
-                    jnp.asarray(self.covariances), self.n_components, self.n_features
-                )
-            )
+        """Each component's covariance as a ``(n_components, n_features, n_features)`` matrix."""
+        return self.moments()[1]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of NumPy arrays, in scikit-learn's layout."""
-        return {
-            "weights": np.array(self.weights),
-            "means": np.array(self.means),
-            "covariances": np.array(self.covariances),
-            "covariance_type": self.covariance_type,
-            "family": self.family,
-        }
+        """Plain dict of NumPy arrays (Gaussian covariances in scikit-learn's layout),
+        with the family's name and options; :meth:`from_dict` reads it back."""
+        out: dict[str, Any] = {"weights": np.array(self.weights)}
+        out.update({k: np.array(v) for k, v in self.components.items()})
+        out["family"] = self.family.name
+        for key, value in self.family.options().items():
+            out["covariance_type" if key == "covariance" else key] = value
+        return out
 
     def replace(self, **changes: Any) -> MixtureParams:
         """A validated copy with some fields changed."""
         values = self.to_dict()
         values.update(changes)
-        return MixtureParams(**values)
+        return MixtureParams.from_dict(values, family=values.pop("family", None))
 
     def astype(self, dtype: Any) -> MixtureParams:
         """The same parameters with every array cast to ``dtype``."""
-        return MixtureParams.trusted(
-            *(np.asarray(getattr(self, f), dtype=dtype) for f in _DATA_FIELDS),
-            covariance_type=self.covariance_type,
-            family=self.family,
-        )
+        return jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=dtype), self)
+
+    def __getitem__(self, index: Any) -> MixtureParams:
+        """One parameter set from a stacked batch (a ``params_trace``, restarts)."""
+        return jax.tree_util.tree_map(lambda leaf: leaf[index], self)
 
     def sample(self, key: KeyLike, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_samples`` points from the mixture.
@@ -262,26 +328,22 @@ class MixtureParams:
 
     def __repr__(self) -> str:
         body = ",\n  ".join(
-            f"{name}={np.array2string(np.asarray(getattr(self, name)), precision=5, prefix='  ')}"
-            for name in ("weights", "means", "covariances")
+            f"{name}={np.array2string(np.asarray(value), precision=5, prefix='  ')}"
+            for name, value in (("weights", self.weights), *self.components.items())
         )
-        return f"MixtureParams(covariance_type={self.covariance_type!r},\n  {body})"
+        return f"MixtureParams(family={self.family!r},\n  {body})"
+
+
+@jax.jit
+def _moments(params: MixtureParams) -> tuple[jax.Array, jax.Array]:
+    return params.family.moments(params.components)
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _sample(key: jax.Array, params: MixtureParams, n_samples: int) -> tuple[jax.Array, jax.Array]:
     key_labels, key_noise = jax.random.split(key)
     labels = jax.random.categorical(key_labels, jnp.log(params.weights), shape=(n_samples,))
-    noise = jax.random.normal(key_noise, (n_samples, params.n_features), params.means.dtype)
-    chol = jnp.linalg.cholesky(
-        params.family_impl.to_full(params.covariances, params.n_components, params.n_features)
-    )
-
-    def add_component(k: int, X: jax.Array) -> jax.Array:
-        return jnp.where((labels == k)[:, None], params.means[k] + noise @ chol[k].T, X)
-
-    X = jax.lax.fori_loop(0, params.n_components, add_component, jnp.zeros_like(noise))
-    return X, labels
+    return params.family.sample(key_noise, params.components, labels), labels
 
 
 def stack_params(params: list[MixtureParams]) -> MixtureParams:
@@ -291,7 +353,7 @@ def stack_params(params: list[MixtureParams]) -> MixtureParams:
 
 def index_params(params: MixtureParams, index: int) -> MixtureParams:
     """Take one parameter set from a stacked batch."""
-    return jax.tree_util.tree_map(lambda leaf: leaf[index], params)
+    return params[index]
 
 
 __all__ = ["MixtureParams", "index_params", "stack_params"]

@@ -23,11 +23,14 @@ import numpy as np
 
 from mixlab._version import __version__
 from mixlab.errors import LoadError
+from mixlab.families import get_family
 from mixlab.params import MixtureParams
 
 FORMAT = "mixlab-fit"
-FORMAT_VERSION = 1
-_PARAM_FIELDS = ("weights", "means", "covariances", "prec_chol")
+#: 2: parameters of any family (weights, components by name, family name and options).
+#: 1: Gaussian only (weights, means, covariances, prec_chol); still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def _digest(array: np.ndarray) -> str:
@@ -41,11 +44,14 @@ def _encode(obj: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     """JSON skeleton of ``obj``; arrays go to ``arrays`` under their path."""
     if isinstance(obj, MixtureParams):
         return {
-            "__params__": {
-                f: _encode(getattr(obj, f), f"{path}/{f}", arrays) for f in _PARAM_FIELDS
+            "__mixture__": {
+                "weights": _encode(obj.weights, f"{path}/weights", arrays),
+                "components": {
+                    k: _encode(v, f"{path}/{k}", arrays) for k, v in obj.components.items()
+                },
             },
-            "covariance_type": obj.covariance_type,
-            "family": obj.family,
+            "family": obj.family.name,
+            "options": obj.family.options(),
         }
     if isinstance(obj, np.ndarray) or (hasattr(obj, "__array__") and not np.isscalar(obj)):
         array = np.asarray(obj)
@@ -73,16 +79,33 @@ def _encode(obj: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     raise TypeError(f"cannot save a {type(obj).__name__} at {path!r}")
 
 
+def _family(name: str, options: dict[str, Any]) -> Any:
+    try:
+        return get_family(name, **options)
+    except (ValueError, TypeError) as exc:
+        raise LoadError(
+            f"the saved fit is of family {name!r} with options {options}, which this mixlab "
+            f"cannot build ({exc}); a family defined in your own code must be imported "
+            "(registered) before loading"
+        ) from None
+
+
 def _decode(node: Any, arrays: Any) -> Any:
     if isinstance(node, dict):
         if "__array__" in node:
             return arrays[node["__array__"]]
-        if "__params__" in node:
+        if "__mixture__" in node:
+            body = node["__mixture__"]
+            family = _family(node["family"], node.get("options", {}))
+            components = {k: _decode(v, arrays) for k, v in body["components"].items()}
+            return MixtureParams.trusted(_decode(body["weights"], arrays), components, family)
+        if "__params__" in node:  # format version 1: Gaussian
             fields = {k: _decode(v, arrays) for k, v in node["__params__"].items()}
+            family = _family("gaussian", {"covariance": node["covariance_type"]})
             return MixtureParams.trusted(
-                *(fields[f] for f in _PARAM_FIELDS),
-                covariance_type=node["covariance_type"],
-                family=node["family"],
+                fields["weights"],
+                {"means": fields["means"], "covariances": fields["covariances"]},
+                family,
             )
         if "__dict__" in node:
             return {k: _decode(v, arrays) for k, v in node["__dict__"].items()}
@@ -127,6 +150,8 @@ def save_result(result: Any, path: str | os.PathLike, include_data: bool = False
     )
     if include_data and result.data is not None:
         tree["data"] = _encode(np.asarray(result.data), "data", arrays)
+    if result.sample_weight is not None:
+        tree["sample_weight"] = _encode(np.asarray(result.sample_weight), "sample_weight", arrays)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -181,11 +206,11 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise LoadError(f"{path} holds {meta.get('format')!r}, not a mixlab fit result")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise LoadError(
             f"{path} was written in mixlab result format {version} (mixlab "
-            f"{meta.get('mixlab_version')}); this mixlab {__version__} reads format "
-            f"{FORMAT_VERSION}: load it with a matching mixlab version"
+            f"{meta.get('mixlab_version')}); this mixlab {__version__} reads formats "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: load it with a matching mixlab version"
         )
     arrays = {}
     for name, key in meta["names"].items():
@@ -201,11 +226,12 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
         values[name] = _decode(tree[name], arrays)
     values["restarts"] = _decode(tree["restarts"], arrays)
     values["data"] = _decode(tree["data"], arrays) if "data" in tree else None
+    values["sample_weight"] = (
+        _decode(tree["sample_weight"], arrays) if "sample_weight" in tree else None
+    )
     params = values["params"]
     try:  # a result whose parameters do not validate is not loaded silently
-        MixtureParams(
-            params.weights, params.means, params.covariances, params.covariance_type, params.family
-        )
+        MixtureParams(params.weights, family=params.family, components=params.components)
     except (ValueError, TypeError) as exc:
         raise LoadError(f"{path}: the saved parameters are invalid ({exc})") from None
     values["mixlab_version"] = meta.get("mixlab_version")

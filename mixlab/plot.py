@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mixlab._validation import check_data, check_int
+from mixlab.em.steps import log_prob_components
 from mixlab.params import MixtureParams
 from mixlab.result import FitResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-_PARAMETER_GROUPS = ("weights", "means", "covariances")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -160,8 +159,9 @@ def _draw_components(
     from matplotlib.patches import Ellipse
 
     i, j = features
-    means = np.asarray(params.means, dtype=np.float64)[:, [i, j]]
-    covs = np.asarray(params.full_covariances(), dtype=np.float64)[:, [i, j]][:, :, [i, j]]
+    means, covs = params.moments()
+    means = np.asarray(means, dtype=np.float64)[:, [i, j]]
+    covs = np.asarray(covs, dtype=np.float64)[:, [i, j]][:, :, [i, j]]
     for k in range(params.n_components if ellipses else 0):
         for n_std, alpha in ((1, 0.9), (2, 0.5)):
             width, height, angle = _ellipse_geometry(covs[k], n_std)
@@ -367,8 +367,11 @@ def density_1d(
 ) -> Figure:
     """Histogram of one feature with the fitted mixture density and its weighted components.
 
-    For data with several features the marginal of ``feature`` is drawn: component ``k``
-    is ``w_k N(x | means[k, feature], full_covariances()[k, feature, feature])``.
+    For data with several features the marginal of ``feature`` is drawn (the family's
+    :meth:`~mixlab.families.Family.marginal`; for a Gaussian component ``k`` it is
+    ``w_k N(x | means[k, feature], full_covariances()[k, feature, feature])``).  Counts
+    and binary data are drawn as probabilities of each integer over a histogram with
+    one bar per integer.
 
     Parameters
     ----------
@@ -401,16 +404,27 @@ def density_1d(
     x = Xc[:, feature]
     p = result.params
     weights = np.asarray(p.weights, dtype=np.float64)
-    means = np.asarray(p.means, dtype=np.float64)[:, feature]
-    sds = np.sqrt(np.asarray(p.full_covariances(), dtype=np.float64)[:, feature, feature])
-    lo = min(float(x.min()), float(np.min(means - 6.0 * sds)))
-    hi = max(float(x.max()), float(np.max(means + 6.0 * sds)))
-    grid = np.linspace(lo, hi, 2000)
-    z = (grid[None, :] - means[:, None]) / sds[:, None]
-    components = weights[:, None] * np.exp(-0.5 * z**2) / (sds[:, None] * np.sqrt(2.0 * np.pi))
+    family, comps = p.family.marginal(p.components, feature)
+    marginal = MixtureParams.trusted(p.weights, comps, family)
+    means, covs = marginal.moments()
+    means, sds = means[:, 0], np.sqrt(covs[:, 0, 0])
+    finite = np.isfinite(sds)
+    lo = min(float(x.min()), float(np.min((means - 6.0 * sds)[finite], initial=x.min())))
+    hi = max(float(x.max()), float(np.max((means + 6.0 * sds)[finite], initial=x.max())))
+    if family.discrete:
+        lo, hi = max(np.floor(lo), 0.0), np.ceil(hi)
+        grid = np.arange(lo, hi + 1.0)
+        edges = np.arange(lo - 0.5, hi + 1.0)
+    else:
+        grid = np.linspace(lo, hi, 2000)
+        edges = bins
+    components = (
+        weights[:, None]
+        * np.exp(log_prob_components(grid[:, None].astype(marginal.dtype), marginal)).T
+    )
     colors = _component_colors(p.n_components)
     fig, ax = _new_axes(ax)
-    ax.hist(x, bins=bins, density=True, color="0.85", edgecolor="0.6", gid="histogram")
+    ax.hist(x, bins=edges, density=True, color="0.85", edgecolor="0.6", gid="histogram")
     ax.plot(
         grid, components.sum(axis=0), color="black", linewidth=2.5, label="mixture", gid="mixture"
     )
@@ -576,14 +590,7 @@ def snapshots(
     )
     i, j = features
     for ax, t in zip(axes[0], its):
-        params_t = MixtureParams.trusted(
-            np.asarray(pt.weights[t]),
-            np.asarray(pt.means[t]),
-            np.asarray(pt.covariances[t]),
-            np.asarray(pt.prec_chol[t]),
-            covariance_type=pt.covariance_type,
-            family=pt.family,
-        )
+        params_t = pt[t]
         resp0 = np.exp(np.asarray(e_step(Xc, params_t).log_resp))[:, 0]
         ax.scatter(
             Xc[:, i],
@@ -610,7 +617,7 @@ def forest(
     em: FitResult,
     *others: FitResult,
     hdi_prob: float = 0.94,
-    parameters: Sequence[str] = ("weights", "means"),
+    parameters: Sequence[str] | None = None,
 ) -> Figure:
     """EM's estimates over the posterior intervals of SVI and NUTS fits.
 
@@ -629,8 +636,10 @@ def forest(
         SVI and/or NUTS fits of the same model.
     hdi_prob : float, default 0.94
         Probability mass of the highest-density intervals.
-    parameters : sequence of {"weights", "means", "covariances"}
-        Parameter groups to draw, in order.
+    parameters : sequence of str, optional
+        Parameter groups to draw, in order: ``"weights"`` and the family's
+        parameters; default the weights and the family's location (``means``,
+        ``rates``, ``probs``).
 
     Returns
     -------
@@ -652,14 +661,16 @@ def forest(
             f"the first result must be the EM fit, got a {em.method.upper()} fit; "
             "call forest(em, svi, nuts)"
         )
+    if parameters is None:
+        parameters = ("weights", em.params.family.param_names()[0])
     if isinstance(parameters, str):
         parameters = (parameters,)
     groups = list(dict.fromkeys(parameters))
-    unknown = [g for g in groups if g not in _PARAMETER_GROUPS]
+    known = ("weights", *em.params.family.param_names())
+    unknown = [g for g in groups if g not in known]
     if unknown or not groups:
         raise ValueError(
-            f"unknown parameter group(s) {unknown}; parameters must name one or more of "
-            f"{_PARAMETER_GROUPS}"
+            f"unknown parameter group(s) {unknown}; parameters must name one or more of {known}"
         )
     cmp = compare(em, *others, hdi_prob=hdi_prob)
     table = cmp.table
@@ -669,9 +680,13 @@ def forest(
     panels: list[tuple[str, list[str]]] = []
     for group in groups:
         rows = [n for n in names if n.startswith(f"{group}[")]
-        if group == "means" and n_features > 1:  # features have their own units and scales
+        per_feature = group != "weights" and em.params.family.spec(group).dims == (
+            "component",
+            "feature",
+        )
+        if per_feature and n_features > 1:  # features have their own units and scales
             for d in range(n_features):
-                panels.append((f"means, feature {d}", [n for n in rows if n.endswith(f",{d}]")]))
+                panels.append((f"{group}, feature {d}", [n for n in rows if n.endswith(f",{d}]")]))
         else:
             panels.append((group, rows))
     panels = [(title, rows) for title, rows in panels if rows]

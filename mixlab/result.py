@@ -91,6 +91,8 @@ class FitResult:
     data : array of shape (n_samples, n_features), optional
         The (validated copy of the) data that were fitted; used by
         :meth:`to_arviz` and the comparison.  Saved only on request.
+    sample_weight : array of shape (n_samples,), optional
+        The frequency weights of the rows, when the fit had them.
     mixlab_version : str
         The mixlab version that made the fit (kept through save and load).
     """
@@ -110,6 +112,7 @@ class FitResult:
     settings: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     data: np.ndarray | None = field(default=None, repr=False)
+    sample_weight: np.ndarray | None = field(default=None, repr=False)
     mixlab_version: str = __version__
 
     # ------------------------------------------------------------ prediction
@@ -120,6 +123,18 @@ class FitResult:
     @property
     def n_features(self) -> int:
         return self.params.n_features
+
+    @property
+    def family(self) -> Any:
+        """The component family (:class:`mixlab.families.Family`)."""
+        return self.params.family
+
+    @property
+    def n_observations(self) -> float:
+        """Observations the fit counts: the rows, or the sum of their frequency weights."""
+        if self.sample_weight is None:
+            return float(self.n_samples)
+        return float(np.sum(self.sample_weight))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Responsibilities ``p(z = k | x)``, shape ``(n_samples, n_components)``."""
@@ -144,17 +159,23 @@ class FitResult:
     # ------------------------------------------------------ model selection
     @property
     def n_parameters(self) -> int:
-        """Free parameters, counted as scikit-learn does."""
-        return self.params.family_impl.n_parameters(self.n_components, self.n_features)
+        """Free parameters (weights included), counted as scikit-learn does for Gaussians."""
+        return self.params.family.n_parameters(self.n_components, self.n_features)
 
-    def bic(self, X: Any) -> float:
-        """Bayesian information criterion on ``X`` (lower is better)."""
-        n = np.shape(X)[0]
-        return float(-2.0 * log_likelihood(X, self.params) + self.n_parameters * np.log(n))
+    def bic(self, X: Any, sample_weight: Any = None) -> float:
+        """Bayesian information criterion on ``X`` (lower is better).
 
-    def aic(self, X: Any) -> float:
+        With ``sample_weight`` the log-likelihood is weighted and the number of
+        observations is ``sum(sample_weight)``.
+        """
+        n = np.shape(X)[0] if sample_weight is None else float(np.sum(sample_weight))
+        ll = log_likelihood(X, self.params, sample_weight=sample_weight)
+        return float(-2.0 * ll + self.n_parameters * np.log(n))
+
+    def aic(self, X: Any, sample_weight: Any = None) -> float:
         """Akaike information criterion on ``X`` (lower is better)."""
-        return float(-2.0 * log_likelihood(X, self.params) + 2.0 * self.n_parameters)
+        ll = log_likelihood(X, self.params, sample_weight=sample_weight)
+        return float(-2.0 * ll + 2.0 * self.n_parameters)
 
     # --------------------------------------------------------------- output
     def to_arviz(self, X: Any = None, feature_names: list[str] | None = None) -> Any:
@@ -203,9 +224,10 @@ class FitResult:
     def summary(self) -> str:
         """A short human-readable table of the fit."""
         p = self.params
+        weighted = "" if self.sample_weight is None else f" (weight {self.n_observations:g})"
         lines = [
             f"{self.method.upper()} fit: {p.n_components} component(s), {p.n_features} feature(s), "
-            f"covariance_type={p.covariance_type!r}, n_samples={self.n_samples}",
+            f"{p.family!r}, n_samples={self.n_samples}{weighted}",
             f"log-likelihood {self.log_likelihood:.6g}  converged={self.converged}  "
             f"n_iter={self.n_iter}  time {self.elapsed:.3g}s (+{self.compile_time:.3g}s compile)",
         ]
@@ -222,20 +244,21 @@ class FitResult:
             lines.append(
                 f"collapsed component(s): {told}" + (f"; {restarts} restart(s)" if restarts else "")
             )
-        cov = p.full_covariances()
+        mean, cov = p.moments()
         for k in range(p.n_components):
             sd = np.sqrt(np.diagonal(cov[k]))
+            more = p.family.describe_component(p.components, k)
             lines.append(
                 f"  component {k}: weight {p.weights[k]:.4f}  mean "
-                f"{np.array2string(np.asarray(p.means[k]), precision=4)}  sd "
-                f"{np.array2string(sd, precision=4)}"
+                f"{np.array2string(mean[k], precision=4)}  sd "
+                f"{np.array2string(sd, precision=4)}{'  ' + more if more else ''}"
             )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return (
             f"FitResult(method={self.method!r}, n_components={self.n_components}, "
-            f"covariance_type={self.params.covariance_type!r}, "
+            f"family={self.params.family!r}, "
             f"log_likelihood={self.log_likelihood:.6g}, converged={self.converged}, "
             f"n_iter={self.n_iter})"
         )

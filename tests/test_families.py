@@ -36,12 +36,11 @@ def test_expanded_log_density_equals_centred(covariance_type):
     fam = get_family(covariance_type)
     with jax.enable_x64(True):
         Xj = jnp.asarray(X)
-        centred = fam.log_prob(Xj, jnp.asarray(params.means), jnp.asarray(params.prec_chol))
-        quad, lin, const = fam.expanded_coefficients(
-            jnp.asarray(params.means), jnp.asarray(params.prec_chol)
-        )
-        expanded = fam.moment_features(Xj) @ quad + Xj @ lin + const
-        assert fam.moment_features(Xj).shape[1] == fam.n_moment_features(X.shape[1])
+        components = {k: jnp.asarray(v) for k, v in params.components.items()}
+        centred = fam.log_prob(Xj, fam.prepare(components, "centred"))
+        features = fam.row_features(Xj, "expanded")
+        expanded = fam.log_prob(Xj, fam.prepare(components, "expanded"), features)
+        assert features.shape[1] == fam.row_feature_width(X.shape[1], "expanded")
     np.testing.assert_allclose(np.asarray(expanded), np.asarray(centred), rtol=1e-10, atol=1e-10)
 
 
@@ -50,7 +49,7 @@ def test_expanded_log_density_equals_centred(covariance_type):
 def test_moment_m_step_equals_centred(covariance_type, fixed_means):
     X, params = _params(covariance_type, seed=2)
     resp = np.exp(ml.e_step(X, params).log_resp)
-    fam = get_family(covariance_type)
+    fam = get_family(covariance_type).layout
     with jax.enable_x64(True):
         Xj, rj = jnp.asarray(X), jnp.asarray(resp)
         nk = rj.sum(0)
@@ -71,6 +70,8 @@ def test_parameter_count_matches_sklearn(covariance_type):
 
 def test_unknown_covariance_type_names_the_choices():
     with pytest.raises(ValueError, match="unknown covariance type 'fulll'.*'full'"):
+        get_family("gaussian", covariance="fulll")
+    with pytest.raises(ValueError, match="unknown family 'fulll'; use one of 'gaussian'"):
         get_family("fulll")
 
 

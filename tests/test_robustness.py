@@ -60,9 +60,7 @@ def _reg_dip_bound(result: ml.FitResult, X: np.ndarray, reg: float) -> np.ndarra
     keep = np.flatnonzero(np.asarray(X, np.float64).var(axis=0) > 0)
     bounds = []
     for t in range(1, result.n_iter + 1):
-        p_t = ml.MixtureParams.trusted(
-            p.weights[t], p.means[t], p.covariances[t], p.prec_chol[t], covariance_type=ct
-        )
+        p_t = p[t]
         full = p_t.full_covariances().astype(np.float64)[:, keep][:, :, keep]
         s = np.clip(np.linalg.eigvalsh(full - reg * np.eye(len(keep))), 1e-300, None)
         nk = p.weights[t] * result.n_samples

@@ -58,7 +58,26 @@ FIT_CASES = [
             )
         },
         ValueError,
-        r"starting means have 3 feature\(s\) but X has 2",
+        r"starting parameters have 3 feature\(s\) but X has 2",
+    ),
+    # settings that depend on the family are checked when the family is known
+    (
+        (X_OK, 2),
+        {"method": ml.EM(fixed=("weights", "means", "covariances"))},
+        ValueError,
+        "leave at least one",
+    ),
+    (
+        (X_OK, 2),
+        {"method": ml.EM(fixed=("mean",))},
+        ValueError,
+        r"fixed must name parameters of Gaussian\(covariance='full'\): 'weights', 'means'",
+    ),
+    (
+        (X_OK, 2),
+        {"method": ml.EM(formulation="fast")},
+        ValueError,
+        "formulation must be 'auto' or one of 'centred', 'expanded'",
     ),
     (
         (X_OK, 3),
@@ -98,10 +117,9 @@ EM_CASES = [
     ({"init": 3}, TypeError, "init must be one of"),
     ({"init": GOOD_START, "n_init": 4}, ValueError, "use n_init=1"),
     ({"assignment": "fuzzy"}, ValueError, "assignment must be one of"),
-    ({"fixed": ("weights", "means", "covariances")}, ValueError, "leave at least one"),
-    ({"fixed": ("mean",)}, ValueError, "fixed must be one of"),
+    ({"fixed": (3,)}, TypeError, "fixed must hold parameter names"),
     ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
-    ({"formulation": "fast"}, ValueError, "formulation must be one of"),
+    ({"formulation": 2}, TypeError, "formulation must be a string"),
 ]
 
 
@@ -153,7 +171,7 @@ EVERYWHERE = [
     (
         lambda f: ml.log_prob_components(X_OK, {"weights": [1.0]}),
         ValueError,
-        "missing \\['means', 'covariances'\\]",
+        "missing means, covariances",
     ),
     (lambda f: PARAMS.sample(0, 0), ValueError, "n_samples must be >= 1"),
     (lambda f: PARAMS.sample("seed", 5), TypeError, "key must be an int seed"),

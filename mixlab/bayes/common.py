@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mixlab.align import align_to_reference
-from mixlab.bayes.model import MixtureModel, Standardisation
+from mixlab.bayes.model import MixtureModel
+from mixlab.density import log_likelihood_draws
 from mixlab.em.driver import EMRun, fit_em
-from mixlab.em.steps import log_likelihood_draws
-from mixlab.families import Family
+from mixlab.families import Family, Standardisation
 from mixlab.methods import EM
 from mixlab.params import MixtureParams
+from mixlab.priors import Priors
 
 Array = jax.Array
 
@@ -34,6 +33,15 @@ class BayesRun(NamedTuple):
     diagnostics: dict[str, Any]
 
 
+def _convert(params: MixtureParams, std: Standardisation, to_data: bool) -> MixtureParams:
+    family = params.family
+    with jax.enable_x64(params.dtype == np.float64):
+        convert = family.to_data_units if to_data else family.from_data_units
+        components = convert({k: jax.numpy.asarray(v) for k, v in params.components.items()}, std)
+        components = {k: np.asarray(v) for k, v in components.items()}
+    return MixtureParams.trusted(np.asarray(params.weights), components, family)
+
+
 def reference_fit(
     X: np.ndarray,
     n_components: int,
@@ -41,6 +49,7 @@ def reference_fit(
     em: EM | None,
     key: Array,
     standardisation: Standardisation,
+    sample_weight: np.ndarray | None = None,
 ) -> EMRun:
     """The EM fit that starts the Bayesian method and anchors label alignment.
 
@@ -49,68 +58,62 @@ def reference_fit(
     are returned in data units.
     """
     em = em or EM(n_init=4)
-    loc, scale = standardisation
+    em.check_for(family)
     init = em.init
     if not isinstance(init, str):
-        p = MixtureParams.from_dict(init, covariance_type=family.covariance_type)
-        init = p.replace(
-            means=(np.asarray(p.means) - loc) / scale,
-            covariances=np.asarray(family.rescale_covariances(p.covariances, 1.0 / scale)),
-        ).astype(X.dtype)
+        start = MixtureParams.from_dict(init, family=family).astype(X.dtype)
+        init = _convert(start, standardisation, to_data=False)
     run = fit_em(
-        standardisation.apply(X), n_components, family, key=key, init=init, **em.engine_options()
+        standardisation.apply(X),
+        n_components,
+        family,
+        key=key,
+        init=init,
+        sample_weight=sample_weight,
+        **em.engine_options(),
     )
-    p = run.params
-    cov = np.asarray(family.rescale_covariances(jnp.asarray(p.covariances), jnp.asarray(scale)))
-    params = MixtureParams.trusted(
-        p.weights,
-        loc + np.asarray(p.means) * scale,
-        cov,
-        np.asarray(_precision_cholesky(jnp.asarray(cov), family=family)),
-        family.covariance_type,
-        family.family,
-    )
-    log_jacobian = X.shape[0] * float(np.sum(np.log(scale)))
+    params = _convert(run.params, standardisation, to_data=True)
+    n_obs = X.shape[0] if sample_weight is None else float(np.sum(sample_weight))
+    log_jacobian = n_obs * float(np.sum(np.log(standardisation.scale)))
     return run._replace(params=params, log_likelihood=run.log_likelihood - log_jacobian)
 
 
-@functools.partial(jax.jit, static_argnames=("family",))
-def _precision_cholesky(covariances: Array, *, family: Family) -> Array:
-    return family.precision_cholesky(covariances)
+def build_model(
+    X: np.ndarray, n_components: int, family: Family, priors: Priors | None
+) -> MixtureModel:
+    """The Bayesian model for ``X``: the family's fast formulation in float64.
 
-
-def build_model(X: np.ndarray, n_components: int, family: Family, priors: Any) -> MixtureModel:
-    """The Bayesian model for ``X``: expanded likelihood in float64, centred in float32.
-
-    On standardised data the expanded formulation's rounding (about
-    ``eps * max z^2 / variance``) is negligible in float64 and the likelihood
-    and its gradient cost two small matrix products.
+    On standardised data the Gaussian expanded formulation's rounding (about
+    ``eps * max z^2 / variance``) is negligible in float64, and the likelihood
+    and its gradient cost two small matrix products; float32 runs centred.
     """
-    formulation = "expanded" if X.dtype == np.float64 else "centred"
-    return MixtureModel(family, n_components, Standardisation.of(X, family), priors, formulation)
+    formulation = (
+        "expanded"
+        if X.dtype == np.float64 and "expanded" in family.formulations
+        else family.formulations[0]
+    )
+    std = family.standardisation(X)
+    priors = priors or Priors()
+    constants = family.prior_constants(std.apply(X), std, priors)
+    return MixtureModel(family, n_components, std, priors, formulation, constants)
 
 
 def posterior_mean(draws: dict[str, np.ndarray], family: Family) -> MixtureParams:
-    """Point estimate: the mean of the aligned draws (averaged covariances stay PD)."""
+    """Point estimate: the mean of the aligned draws (averages of covariances stay PD,
+    of rates positive, of probabilities in [0, 1])."""
     axes = (0, 1)
     weights = np.mean(draws["weights"], axis=axes)
-    cov = np.mean(draws["covariances"], axis=axes)
-    return MixtureParams.trusted(
-        weights / weights.sum(),
-        np.mean(draws["means"], axis=axes),
-        cov,
-        np.asarray(_precision_cholesky(jnp.asarray(cov), family=family)),
-        family.covariance_type,
-        family.family,
-    )
+    components = {name: np.mean(draws[name], axis=axes) for name in family.param_names()}
+    return MixtureParams.trusted(weights / weights.sum(), components, family)
 
 
-def point_log_likelihood(X: np.ndarray, params: MixtureParams) -> float:
+def point_log_likelihood(
+    X: np.ndarray, params: MixtureParams, sample_weight: np.ndarray | None = None
+) -> float:
     """Total log-likelihood at one parameter set (through the same compiled program)."""
-    draws = {
-        k: np.asarray(getattr(params, k))[None, None] for k in ("weights", "means", "covariances")
-    }
-    return float(log_likelihood_draws(X, draws, params.covariance_type)[0, 0])
+    draws = {"weights": np.asarray(params.weights)[None, None]}
+    draws.update({k: np.asarray(v)[None, None] for k, v in params.components.items()})
+    return float(log_likelihood_draws(X, draws, params.family, row_weight=sample_weight)[0, 0])
 
 
 def align(
@@ -120,8 +123,7 @@ def align(
     if model.priors.ordered_means:
         perms = np.broadcast_to(np.arange(model.n_components), (*draws["weights"].shape,))
         return dict(draws), perms
-    ref = {"means": np.asarray(reference.means), "covariances": np.asarray(reference.covariances)}
-    return align_to_reference(draws, ref, reference.covariance_type, model.standardisation.scale)
+    return align_to_reference(draws, reference, model.standardisation.scale)
 
 
 def convergence_summary(draws: dict[str, np.ndarray]) -> dict[str, Any]:

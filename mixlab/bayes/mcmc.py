@@ -33,7 +33,7 @@ from mixlab.bayes.common import (
     posterior_mean,
     reference_fit,
 )
-from mixlab.em.steps import log_likelihood_draws
+from mixlab.density import log_likelihood_draws
 from mixlab.families import Family
 from mixlab.methods import NUTS
 
@@ -207,12 +207,19 @@ def initial_points(
 
 
 def run_nuts(
-    X: np.ndarray, n_components: int, family: Family, method: NUTS, key: jax.Array
+    X: np.ndarray,
+    n_components: int,
+    family: Family,
+    method: NUTS,
+    key: jax.Array,
+    sample_weight: np.ndarray | None = None,
 ) -> BayesRun:
     key_em, key_run, key_init = jax.random.split(key, 3)
     model = build_model(X, n_components, family, method.priors)
-    reference = reference_fit(X, n_components, family, method.em, key_em, model.standardisation)
-    model_args = model.model_args(jnp.asarray(model.standardisation.apply(X)))
+    reference = reference_fit(
+        X, n_components, family, method.em, key_em, model.standardisation, sample_weight
+    )
+    model_args = model.model_args(jnp.asarray(model.standardisation.apply(X)), sample_weight)
     start = model.site_values(reference.params) if method.init == "em" else None
     z0 = initial_points(model, model_args, method, start, key_init)
     chain_keys = jax.random.split(key_run, method.num_chains)
@@ -248,9 +255,9 @@ def run_nuts(
     draws = model.to_data_units(out.samples)
     draws, perms = align(draws, reference.params, model)
     summary = convergence_summary(draws)
-    draw_ll = log_likelihood_draws(X, draws, family.covariance_type)
+    draw_ll = log_likelihood_draws(X, draws, family, row_weight=sample_weight)
     point = posterior_mean(draws, family)
-    ll_point = point_log_likelihood(X, point)
+    ll_point = point_log_likelihood(X, point, sample_weight)
     kept = slice(method.num_warmup, None)
     diverging = np.asarray(out.diverging)[:, kept]
     divergences = int(diverging.sum())

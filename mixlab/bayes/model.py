@@ -2,80 +2,125 @@
 
 The component assignment is summed out exactly, ``log p(x_i | theta) =
 logsumexp_k (log pi_k + log p(x_i | theta_k))``, with the family's own
-log-density and the EM engine's ``logsumexp`` (``mixlab.em.steps``), so NUTS
-and SVI see a smooth density and no discrete site is ever sampled.
+log-density and the shared ``logsumexp`` (:mod:`mixlab.density`), so NUTS and
+SVI see a smooth density and no discrete site is ever sampled.
 
-The model samples *standardised* parameters: the data are centred on their
-mean and divided by their standard deviation (per feature; one common scale
-for isotropic families), and the priors of :class:`mixlab.Priors` are stated
-in those units.  The log-likelihood is that of the data in their own units
-(the constant Jacobian of the standardisation is included), so ELBOs and
-log joints are comparable with EM's log-likelihood.  Rescaling the data
-leaves the sampler's space unchanged: the posterior rescales exactly.
+The weights are ``Dirichlet(weight_concentration)``; the components come from
+the prior sites their family declares (:meth:`mixlab.families.Family.prior_sites`),
+which this module turns into NumPyro distributions.  Families with a location
+and a scale (Gaussian, Student-t) are fitted on *standardised* data: centred
+on the data mean and divided by the data standard deviation (one common scale
+for isotropic layouts), with priors stated in those units; the log-likelihood
+is that of the data in their own units (the Jacobian of the standardisation is
+included), so ELBOs and log joints are comparable with EM's log-likelihood and
+rescaling the data rescales the posterior exactly.  Count and binary families
+use the data as they are.
+
+Row weights (``sample_weight``) multiply each row's log-likelihood: an
+integer weight is the same as that many copies of the row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions import constraints
+from numpyro.distributions import constraints, transforms
 
-from mixlab.em.steps import FORMULATIONS, log_joint_fn, normalise
-from mixlab.families import Family, PriorSite
+from mixlab.density import log_joint, normalise
+from mixlab.families import Family, PriorSite, Standardisation
 from mixlab.params import MixtureParams
 from mixlab.priors import Priors
 
 Array = jax.Array
 
 
-class Standardisation(NamedTuple):
-    """``z = (x - loc) / scale`` per feature."""
-
-    loc: np.ndarray  # (D,)
-    scale: np.ndarray  # (D,)
-
-    @classmethod
-    def of(cls, X: np.ndarray, family: Family) -> Standardisation:
-        loc = X.mean(axis=0)
-        sd = X.std(axis=0)
-        if family.isotropic:
-            sd = np.full_like(sd, np.sqrt(np.mean(np.square(sd))))
-        sd = np.where(sd > 0, sd, 1.0)  # a constant feature keeps its units
-        return cls(loc, sd)
-
-    def apply(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.loc) / self.scale
+def _resolve(value: Any, constants: dict[str, Array]) -> Any:
+    """A site argument: a number, or the name of a data-derived constant."""
+    return constants[value] if isinstance(value, str) else value
 
 
-def _half_normal(site: PriorSite, priors: Priors) -> dist.Distribution:
-    d = dist.HalfNormal(priors.scale)
-    return d.expand(site.shape).to_event(len(site.shape)) if site.shape else d
+def _batched(d: dist.Distribution, shape: tuple[int, ...]) -> dist.Distribution:
+    d = d.expand(shape) if shape != d.batch_shape else d
+    return d.to_event(len(shape)) if shape else d
 
 
-def _lkj_cholesky(site: PriorSite, priors: Priors) -> dist.Distribution:
-    d = dist.LKJCholesky(site.dimension, priors.lkj_eta)
-    return d.expand(site.shape).to_event(len(site.shape)) if site.shape else d
+def _normal(site: PriorSite, c: dict[str, Array]) -> dist.Distribution:
+    return _batched(
+        dist.Normal(_resolve(site.arg("loc"), c), _resolve(site.arg("scale"), c)), site.shape
+    )
+
+
+def _half_normal(site: PriorSite, c: dict[str, Array]) -> dist.Distribution:
+    return _batched(dist.HalfNormal(_resolve(site.arg("scale"), c)), site.shape)
+
+
+def _lkj_cholesky(site: PriorSite, c: dict[str, Array]) -> dist.Distribution:
+    return _batched(dist.LKJCholesky(site.dimension, _resolve(site.arg("eta"), c)), site.shape)
+
+
+def _gamma(site: PriorSite, c: dict[str, Array]) -> dist.Distribution:
+    return _batched(
+        dist.Gamma(_resolve(site.arg("concentration"), c), _resolve(site.arg("rate"), c)),
+        site.shape,
+    )
+
+
+def _beta(site: PriorSite, c: dict[str, Array]) -> dist.Distribution:
+    return _batched(
+        dist.Beta(_resolve(site.arg("concentration1"), c), _resolve(site.arg("concentration0"), c)),
+        site.shape,
+    )
+
+
+def _shifted_gamma(site: PriorSite, c: dict[str, Array]) -> dist.Distribution:
+    base = dist.Gamma(_resolve(site.arg("concentration"), c), _resolve(site.arg("rate"), c))
+    shifted = dist.TransformedDistribution(
+        base, transforms.AffineTransform(_resolve(site.arg("low"), c), 1.0)
+    )
+    return _batched(shifted, site.shape)
 
 
 #: How each kind of prior site declared by a family becomes a distribution.
-SITE_DISTRIBUTIONS: dict[str, Callable[[PriorSite, Priors], dist.Distribution]] = {
+SITE_DISTRIBUTIONS: dict[str, Callable[[PriorSite, dict[str, Array]], dist.Distribution]] = {
+    "normal": _normal,
     "half_normal": _half_normal,
     "lkj_cholesky": _lkj_cholesky,
+    "gamma": _gamma,
+    "beta": _beta,
+    "shifted_gamma": _shifted_gamma,
 }
 
 
-class MixtureModel:
-    """The NumPyro model of a K-component mixture of ``family`` on standardised data.
+def _sample_site(site: PriorSite, constants: dict[str, Array]) -> Array:
+    if site.kind == "ordered_normal":  # an increasing vector with a Normal prior on each entry
+        value = numpyro.sample(
+            site.name, dist.ImproperUniform(constraints.ordered_vector, (), site.shape)
+        )
+        loc = _resolve(site.arg("loc"), constants)
+        prior = dist.Normal(jnp.reshape(loc, (-1,))[0], _resolve(site.arg("scale"), constants))
+        numpyro.factor(f"{site.name}_prior", jnp.sum(prior.log_prob(value)))
+        return value
+    if site.kind not in SITE_DISTRIBUTIONS:
+        raise ValueError(
+            f"prior site {site.name!r} has unknown kind {site.kind!r}; known: "
+            f"{', '.join(sorted(SITE_DISTRIBUTIONS))}, ordered_normal"
+        )
+    return numpyro.sample(site.name, SITE_DISTRIBUTIONS[site.kind](site, constants))
 
-    Calling the instance with standardised data runs the model (sample sites
-    ``weights``, ``means_std`` and the family's prior sites).
+
+class MixtureModel:
+    """The NumPyro model of a K-component mixture of ``family``.
+
+    Calling the instance with (standardised) data runs the model: sample sites
+    ``weights`` and the family's prior sites, and the summed-out likelihood.
     """
 
     def __init__(
@@ -84,10 +129,14 @@ class MixtureModel:
         n_components: int,
         standardisation: Standardisation,
         priors: Priors | None = None,
-        formulation: str = "expanded",
+        formulation: str = "centred",
+        constants: dict[str, np.ndarray] | None = None,
     ) -> None:
-        if formulation not in FORMULATIONS:
-            raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
+        if formulation not in family.formulations:
+            raise ValueError(
+                f"formulation must be one of {family.formulations} for {family!r}, "
+                f"got {formulation!r}"
+            )
         self.formulation = formulation
         self.family = family
         self.n_components = n_components
@@ -99,100 +148,79 @@ class MixtureModel:
                 f"ordered_means needs one feature, the data have {self.n_features}; "
                 "use the default label alignment instead"
             )
-        loc = self.priors.mean_loc
-        if loc is None:
-            self.mean_loc_std = np.zeros(self.n_features)
-        else:
-            if loc.shape != (self.n_features,):
-                raise ValueError(
-                    f"Priors.mean_loc has {loc.size} entries but the data have "
-                    f"{self.n_features} feature(s)"
-                )
-            self.mean_loc_std = (loc - standardisation.loc) / standardisation.scale
+        self.constants = dict(constants or {})
         self.log_jacobian_per_row = -float(np.sum(np.log(standardisation.scale)))
-        self.sites = family.prior_sites(n_components, self.n_features)
+        self.sites = family.prior_sites(n_components, self.n_features, self.priors)
 
     # ------------------------------------------------------------------ model
     @property
     def spec(self) -> tuple[Any, ...]:
         """Everything that shapes the compiled model (hashable); the data-derived
         constants travel as arguments (:meth:`model_args`)."""
-        p = self.priors
         return (
             self.family,
             self.n_components,
             self.n_features,
-            p.weight_concentration,
-            p.mean_scale,
-            p.scale,
-            p.lkj_eta,
-            bool(p.ordered_means),
+            self.priors.key(),
             self.formulation,
+            tuple(sorted(self.constants)),
         )
 
-    def model_args(self, X_std: Array) -> tuple[Any, ...]:
-        """``(X_std, mean_loc_std, log_jacobian_per_row, features)``: the model's arguments.
+    def model_args(self, X_std: Array, row_weight: Array | None = None) -> tuple[Any, ...]:
+        """``(X_std, constants, log_jacobian_per_row, features, row_weight)``.
 
-        ``features`` are the expanded formulation's moment features of the data,
-        computed once here rather than at every gradient (``None`` when centred).
+        ``features`` are the family's row features (the Gaussian expanded
+        formulation's pair products), computed once here rather than at every
+        gradient (``None`` where the family needs none).
         """
         dtype = X_std.dtype
-        features = None
-        if self.formulation == "expanded":
-            features = _moment_features(X_std, family=self.family)
+        features = _row_features(X_std, family=self.family, formulation=self.formulation)
         return (
             X_std,
-            jnp.asarray(self.mean_loc_std, dtype),
+            {k: jnp.asarray(v, dtype) for k, v in self.constants.items()},
             jnp.asarray(self.log_jacobian_per_row, dtype),
             features,
+            None if row_weight is None else jnp.asarray(row_weight, dtype),
         )
 
-    def _sample_parameters(self, mean_loc_std: Array) -> MixtureParams:
-        K, D, p = self.n_components, self.n_features, self.priors
-        weights = numpyro.sample("weights", dist.Dirichlet(jnp.full(K, p.weight_concentration)))
-        loc = mean_loc_std
-        if p.ordered_means:
-            means = numpyro.sample(
-                "means_std", dist.ImproperUniform(constraints.ordered_vector, (), (K,))
-            )
-            prior = dist.Normal(loc[0], p.mean_scale)
-            numpyro.factor("means_prior", jnp.sum(prior.log_prob(means)))
-            means = means[:, None]
-        else:
-            means = numpyro.sample(
-                "means_std", dist.Normal(loc, p.mean_scale).expand((K, D)).to_event(2)
-            )
-        factors = {
-            site.name: numpyro.sample(site.name, SITE_DISTRIBUTIONS[site.kind](site, p))
-            for site in self.sites
-        }
-        covariances, prec_chol = self.family.covariance_from_factors(factors, K, D)
-        return MixtureParams.trusted(
-            weights, means, covariances, prec_chol, self.family.covariance_type, self.family.family
+    def sample_params(self, constants: dict[str, Array]) -> MixtureParams:
+        """Sample the weights and the components (standardised units)."""
+        K, D = self.n_components, self.n_features
+        weights = numpyro.sample(
+            "weights", dist.Dirichlet(jnp.full(K, self.priors.weight_concentration))
         )
+        values = {site.name: _sample_site(site, constants) for site in self.sites}
+        components = self.family.components_from_sites(values, K, D)
+        return MixtureParams.trusted(weights, components, self.family)
 
     def __call__(
         self,
         X_std: Array,
-        mean_loc_std: Array | None = None,
+        constants: dict[str, Array] | None = None,
         log_jacobian_per_row: Array | float | None = None,
         features: Array | None = None,
+        row_weight: Array | None = None,
     ) -> None:
-        if mean_loc_std is None:
-            mean_loc_std = jnp.asarray(self.mean_loc_std, X_std.dtype)
+        if constants is None:
+            constants = {k: jnp.asarray(v, X_std.dtype) for k, v in self.constants.items()}
         if log_jacobian_per_row is None:
             log_jacobian_per_row = self.log_jacobian_per_row
-        params = self._sample_parameters(mean_loc_std)
-        # The EM engine's log joint (either formulation) and logsumexp: z summed out.
-        log_joint = log_joint_fn(params, self.formulation)(X_std, features)
-        _, log_norm = normalise(log_joint)
-        numpyro.factor("log_likelihood", jnp.sum(log_norm) + X_std.shape[0] * log_jacobian_per_row)
+        params = self.sample_params(constants)
+        prepared = self.family.prepare(params.components, self.formulation)
+        lj = log_joint(X_std, self.family, prepared, jnp.log(params.weights), features)
+        _, log_norm = normalise(lj)
+        if row_weight is None:
+            total = jnp.sum(log_norm) + X_std.shape[0] * log_jacobian_per_row
+        else:
+            total = jnp.sum(row_weight * log_norm) + jnp.sum(row_weight) * log_jacobian_per_row
+        numpyro.factor("log_likelihood", total)
 
     # ------------------------------------------------------------ conversions
     # Eager JAX compiles every primitive separately (tens of ms each), so every
     # conversion below is one jitted function, compiled once per model spec.
     def to_data_units(self, samples: dict[str, Array]) -> dict[str, np.ndarray]:
-        """Draws of the sample sites (leading axes ``(chain, draw)``) in data units."""
+        """Draws of the sample sites (leading axes ``(chain, draw)``) in data units:
+        ``{"weights": ..., <component parameters>...}``."""
         out = _to_data_units(
             {k: jnp.asarray(v) for k, v in samples.items()},
             jnp.asarray(self.standardisation.loc),
@@ -200,7 +228,7 @@ class MixtureModel:
             family=self.family,
             n_components=self.n_components,
             n_features=self.n_features,
-            ordered=bool(self.priors.ordered_means),
+            site_names=tuple(site.name for site in self.sites),
         )
         return {k: np.asarray(v) for k, v in out.items()}
 
@@ -208,26 +236,28 @@ class MixtureModel:
         """Constrained values of the sample sites that represent ``params`` (data units)."""
         return _site_values(
             jnp.asarray(params.weights),
-            jnp.asarray(params.means),
-            jnp.asarray(params.covariances),
+            {k: jnp.asarray(v) for k, v in params.components.items()},
             jnp.asarray(self.standardisation.loc),
             jnp.asarray(self.standardisation.scale),
             family=self.family,
             n_components=self.n_components,
             n_features=self.n_features,
-            ordered=bool(self.priors.ordered_means),
+            priors=dataclasses.replace(self.priors, mean_loc=None),  # hashable: a static arg
         )
 
 
-_STATIC = ("family", "n_components", "n_features", "ordered")
+@functools.partial(jax.jit, static_argnames=("family", "formulation"))
+def _row_features_jit(X: Array, *, family: Family, formulation: str) -> Array | None:
+    return family.row_features(X, formulation)
 
 
-@functools.partial(jax.jit, static_argnames=("family",))
-def _moment_features(X: Array, *, family: Family) -> Array:
-    return family.moment_features(X)
+def _row_features(X: Array, *, family: Family, formulation: str) -> Array | None:
+    if family.row_feature_width(X.shape[1], formulation) == 0:
+        return None
+    return _row_features_jit(X, family=family, formulation=formulation)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(jax.jit, static_argnames=("family", "n_components", "n_features", "site_names"))
 def _to_data_units(
     samples: dict[str, Array],
     loc: Array,
@@ -236,45 +266,49 @@ def _to_data_units(
     family: Family,
     n_components: int,
     n_features: int,
-    ordered: bool,
+    site_names: tuple[str, ...],
 ) -> dict[str, Array]:
     K, D = n_components, n_features
     weights = samples["weights"]
     lead = weights.shape[:-1]
-    means_std = samples["means_std"].reshape((*lead, K, D))
     flat = {
-        s.name: samples[s.name].reshape((-1, *samples[s.name].shape[len(lead) :]))
-        for s in family.prior_sites(K, D)
+        name: samples[name].reshape((-1, *samples[name].shape[len(lead) :])) for name in site_names
     }
-    cov_std = jax.vmap(lambda f: family.covariance_from_factors(f, K, D)[0])(flat)
-    cov = jax.vmap(lambda c: family.rescale_covariances(c, scale))(cov_std)
-    return {
-        "weights": weights,
-        "means": loc + means_std * scale,
-        "covariances": cov.reshape((*lead, *cov.shape[1:])),
-    }
+    std = Standardisation(loc, scale)
+
+    def one(values: dict[str, Array]) -> dict[str, Array]:
+        return family.to_data_units(family.components_from_sites(values, K, D), std)
+
+    components = jax.vmap(one)(flat)
+    out = {"weights": weights}
+    out.update({k: v.reshape((*lead, *v.shape[1:])) for k, v in components.items()})
+    return out
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(jax.jit, static_argnames=("family", "n_components", "n_features", "priors"))
 def _site_values(
     weights: Array,
-    means: Array,
-    covariances: Array,
+    components: dict[str, Array],
     loc: Array,
     scale: Array,
     *,
     family: Family,
     n_components: int,
     n_features: int,
-    ordered: bool,
+    priors: Priors,
 ) -> dict[str, Array]:
-    means_std = (means - loc) / scale
-    cov_std = family.rescale_covariances(covariances, 1.0 / scale)
-    if ordered:
-        order = jnp.argsort(means_std[:, 0])
-        weights, means_std = weights[order], means_std[order]
-        if family.per_component_covariance:
-            cov_std = cov_std[order]
-    values = {"weights": weights, "means_std": means_std[:, 0] if ordered else means_std}
-    values.update(family.factors_from_covariance(cov_std, n_components, n_features))
+    std_components = family.from_data_units(components, Standardisation(loc, scale))
+    if priors.ordered_means:  # components in increasing order of their (1-D) mean
+        order = jnp.argsort(family.moments(std_components)[0][:, 0])
+        weights = weights[order]
+        std_components = {
+            spec.name: (
+                std_components[spec.name][order]
+                if spec.per_component
+                else std_components[spec.name]
+            )
+            for spec in family.param_specs()
+        }
+    values = {"weights": weights}
+    values.update(family.sites_from_components(std_components, n_components, n_features, priors))
     return values

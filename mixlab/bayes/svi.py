@@ -127,12 +127,19 @@ def _converged(elbo_trace: np.ndarray) -> bool:
 
 
 def run_svi(
-    X: np.ndarray, n_components: int, family: Family, method: SVI, key: jax.Array
+    X: np.ndarray,
+    n_components: int,
+    family: Family,
+    method: SVI,
+    key: jax.Array,
+    sample_weight: np.ndarray | None = None,
 ) -> BayesRun:
     key_em, key_run = jax.random.split(key)
     model = build_model(X, n_components, family, method.priors)
-    reference = reference_fit(X, n_components, family, method.em, key_em, model.standardisation)
-    model_args = model.model_args(jnp.asarray(model.standardisation.apply(X)))
+    reference = reference_fit(
+        X, n_components, family, method.em, key_em, model.standardisation, sample_weight
+    )
+    model_args = model.model_args(jnp.asarray(model.standardisation.apply(X)), sample_weight)
     init_values = model.site_values(reference.params) if method.init == "em" else None
     settings = SVISettings(
         method.guide,
@@ -167,7 +174,7 @@ def run_svi(
     n = len(elbo_values)
     return BayesRun(
         params=point,
-        log_likelihood=point_log_likelihood(X, point),
+        log_likelihood=point_log_likelihood(X, point, sample_weight),
         trace=-losses,
         converged=_converged(-losses),
         n_iter=method.num_steps,

@@ -45,9 +45,9 @@ LLOYD_MAX_ITER = 100
 LLOYD_TOL = 1e-4  # scikit-learn's KMeans tol, relative to the mean feature variance
 
 
-def _flat(X3: Array, mask: Array | None) -> tuple[Array, Array]:
+def _flat(X3: Array, W3: Array | None) -> tuple[Array, Array]:
     Xf = X3.reshape(-1, X3.shape[-1])
-    w = jnp.ones(Xf.shape[0], X3.dtype) if mask is None else mask.reshape(-1)
+    w = jnp.ones(Xf.shape[0], X3.dtype) if W3 is None else W3.reshape(-1)
     return Xf, w
 
 
@@ -94,13 +94,13 @@ def _nearest(xc: Array, centers: Array) -> tuple[Array, Array]:
     return jnp.argmin(d2, axis=1), jnp.maximum(jnp.min(d2, axis=1), 0.0)
 
 
-def _assign_resp(X3: Array, mask: Array | None, centers: Array) -> Array:
-    def one(xc: Array, mc: Array | None) -> tuple[tuple[()], Array]:
+def _assign_resp(X3: Array, W3: Array | None, centers: Array) -> Array:
+    def one(xc: Array, wc: Array | None) -> tuple[tuple[()], Array]:
         labels, _ = _nearest(xc, centers)
         resp = jax.nn.one_hot(labels, centers.shape[0], dtype=xc.dtype)
-        return (), resp if mc is None else resp * mc[:, None]
+        return (), resp if wc is None else resp * wc[:, None]
 
-    _, resp3 = chunk_sum(one, (X3, mask))
+    _, resp3 = chunk_sum(one, (X3, W3))
     return resp3
 
 
@@ -148,21 +148,22 @@ def give_thin_components_points(
     return jax.lax.fori_loop(0, 2 * n_components, one, (labels, claimed))[0]
 
 
-def lloyd(X3: Array, mask: Array | None, centers: Array) -> Array:
-    """Lloyd's k-means iterations from ``centers``; empty clusters keep their center."""
-    Xf, w = _flat(X3, mask)
+def lloyd(X3: Array, W3: Array | None, centers: Array) -> Array:
+    """Lloyd's k-means iterations from ``centers`` (row weights ``W3``); empty clusters keep
+    their center."""
+    Xf, w = _flat(X3, W3)
     mean = (w @ Xf) / jnp.sum(w)
     tol = LLOYD_TOL * jnp.mean((w @ jnp.square(Xf - mean)) / jnp.sum(w))
 
     def sums(c: Array) -> tuple[Array, Array]:
-        def one(xc: Array, mc: Array | None) -> tuple[tuple[Array, Array], None]:
+        def one(xc: Array, wc: Array | None) -> tuple[tuple[Array, Array], None]:
             labels, _ = _nearest(xc, c)
             onehot = jax.nn.one_hot(labels, c.shape[0], dtype=xc.dtype)
-            if mc is not None:
-                onehot = onehot * mc[:, None]
+            if wc is not None:
+                onehot = onehot * wc[:, None]
             return (jnp.sum(onehot, axis=0), onehot.T @ xc), None
 
-        return chunk_sum(one, (X3, mask))[0]
+        return chunk_sum(one, (X3, W3))[0]
 
     def body(state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         c, it, _ = state
@@ -178,79 +179,79 @@ def lloyd(X3: Array, mask: Array | None, centers: Array) -> Array:
     return jax.lax.while_loop(cond, body, init)[0]
 
 
+def _fit_from_resp(
+    X3: Array, resp3: Array, family: Family, reg: Any
+) -> tuple[Array, dict[str, Array]]:
+    """Weights and components from weighted responsibilities (no current parameters)."""
+    stats, _ = chunk_sum(lambda xc, rc: (family.summarize(xc, rc, None, None), None), (X3, resp3))
+    sums = EPass(jnp.zeros((), X3.dtype), jnp.sum(resp3, axis=(0, 1)), stats)
+    keep = resp3 if family.two_pass("centred") else None
+    return m_step_from_pass(X3, keep, sums, family, None, reg)
+
+
 def pooled_params(
-    X3: Array, mask: Array | None, n_components: int, family: Family, reg_covar: Any
+    X3: Array, W3: Array | None, n_components: int, family: Family, reg: Any
 ) -> MixtureParams:
-    """Every component equal to the whole data set: its mean and covariance."""
+    """Every component equal to the whole data set's fit (one component, K times)."""
     uniform = jnp.full((*X3.shape[:2], n_components), 1.0 / n_components, X3.dtype)
-    if mask is not None:
-        uniform = uniform * mask[..., None]
-    stats = EPass(
-        jnp.zeros((), X3.dtype),
-        jnp.sum(uniform, axis=(0, 1)),
-        jnp.einsum("ncK,ncd->Kd", uniform, X3),
-    )
-    return m_step_from_pass(X3, uniform, stats, family, reg_covar)
+    if W3 is not None:
+        uniform = uniform * W3[..., None]
+    weights, components = _fit_from_resp(X3, uniform, family, reg)
+    return MixtureParams.trusted(weights, components, family)
 
 
 def _params_from_resp(
     X3: Array,
-    mask: Array | None,
+    W3: Array | None,
     resp3: Array,
     family: Family,
-    reg_covar: Any,
+    reg: Any,
     data_var: Array,
     centers: Array | None,
 ) -> MixtureParams:
     n_components = resp3.shape[-1]
     nk = jnp.sum(resp3, axis=(0, 1))
-    stats = EPass(jnp.zeros((), X3.dtype), nk, jnp.einsum("ncK,ncd->Kd", resp3, X3))
-    params = m_step_from_pass(X3, resp3, stats, family, reg_covar)
+    _, components = _fit_from_resp(X3, resp3, family, reg)
 
-    # Components with less than one point, or a covariance singular above reg_covar:
-    # whole-data covariance, centred on the seed (or the data mean), so the first
-    # E-step has something sensible.
-    pooled = pooled_params(X3, mask, n_components, family, reg_covar)
-    weight_gone, cov_gone = collapse_flags(params, nk, reg_covar, data_var, n_components)
-    thin = weight_gone | cov_gone | ~family.component_ok(params.prec_chol, n_components)
-    means = jnp.where(thin[:, None], pooled.means if centers is None else centers, params.means)
-    covariances = params.covariances
-    if family.per_component_covariance:
-        expand = thin.reshape((-1,) + (1,) * (covariances.ndim - 1))
-        covariances = jnp.where(expand, pooled.covariances, covariances)
+    # Components with less than one point, or degenerate (a covariance singular above
+    # reg_covar): the whole data set's fit, placed at the seed (or left at the data's
+    # centre), so the first E-step has something sensible.
+    pooled = pooled_params(X3, W3, n_components, family, reg)
+    weight_gone, degenerate = collapse_flags(family, components, nk, reg, data_var)
+    prepared = family.prepare(components)
+    thin = weight_gone | degenerate | ~family.component_ok(components, prepared)
+    points = pooled_locations(pooled) if centers is None else centers
+    components = family.restart(components, thin, points, pooled.components)
     weights = jnp.maximum(nk, 1.0)
-    weights = weights / jnp.sum(weights)
-    return MixtureParams.trusted(
-        weights,
-        means,
-        covariances,
-        family.precision_cholesky(covariances),
-        family.covariance_type,
-        family.family,
-    )
+    return MixtureParams.trusted(weights / jnp.sum(weights), components, family)
+
+
+def pooled_locations(pooled: MixtureParams) -> Array:
+    """Each pooled component's mean (where a thin component is placed without a seed)."""
+    return pooled.family.moments(pooled.components)[0]
 
 
 def initial_params(
     key: Array,
     X3: Array,
-    mask: Array | None,
+    W3: Array | None,
     n_components: int,
     family: Family,
     method: str,
-    reg_covar: Any,
+    reg: Any,
     data_var: Array,
 ) -> MixtureParams:
     """Starting parameters by ``method`` (one of :data:`INIT_METHODS`).
 
     ``data_var`` is the data's variance per feature (for the degeneracy test).
     """
-    Xf, w = _flat(X3, mask)
+    Xf, w = _flat(X3, W3)
     centers: Array | None = None
     if method == "random":
         resp3 = jax.random.uniform(key, (*X3.shape[:2], n_components), X3.dtype)
         resp3 = resp3 / jnp.sum(resp3, axis=-1, keepdims=True)
-        if mask is not None:
-            resp3 = resp3 * mask[..., None]
+        if W3 is not None:
+            resp3 = resp3 * W3[..., None]
     elif method in ("kmeans++", "random_from_data", "kmeans"):
         if method == "random_from_data":
             index = jax.random.choice(
@@ -260,8 +261,8 @@ def initial_params(
         else:
             centers, index = kmeans_plusplus(key, Xf, w, n_components)
         if method == "kmeans":
-            centers = lloyd(X3, mask, centers)
-        labels = jnp.argmax(_assign_resp(X3, mask, centers), axis=-1).reshape(-1)
+            centers = lloyd(X3, W3, centers)
+        labels = jnp.argmax(_assign_resp(X3, W3, centers), axis=-1).reshape(-1)
         seeds = None if method == "kmeans" else index
         if seeds is not None:  # each seed keeps its own row, so no component starts empty
             labels = labels.at[seeds].set(jnp.arange(n_components))
@@ -271,8 +272,8 @@ def initial_params(
         resp3 = jax.nn.one_hot(labels, n_components, dtype=X3.dtype).reshape(
             (*X3.shape[:2], n_components)
         )
-        if mask is not None:
-            resp3 = resp3 * mask[..., None]
+        if W3 is not None:
+            resp3 = resp3 * W3[..., None]
     else:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {method!r}")
-    return _params_from_resp(X3, mask, resp3, family, reg_covar, data_var, centers)
+    return _params_from_resp(X3, W3, resp3, family, reg, data_var, centers)

@@ -1,17 +1,20 @@
-"""E-step, M-step and the exact ELBO: pure JAX, usable alone.
+"""E-step, M-step and the exact ELBO for any family: pure JAX, usable alone.
 
 The public functions (:func:`e_step`, :func:`m_step`, :func:`elbo`,
 :func:`log_prob_components`, :func:`log_likelihood`) validate their inputs,
 compute in float64 unless given float32 and return NumPy arrays; inside a
 ``jax.jit`` trace they run as plain JAX.  The EM driver uses the same
 underlying functions over row chunks (``X3`` of shape ``(n_chunks, chunk,
-n_features)`` with a 0/1 ``mask`` for padding rows), so there is exactly one
-E-step and one M-step in the code base.
+n_features)`` with row weights ``W3`` of shape ``(n_chunks, chunk)``, zero on
+padding rows), so there is exactly one E-step and one M-step in the code
+base, and both go through the family protocol (:mod:`mixlab.families`).
+
+Row weights are frequency weights: an integer weight is the same as that many
+copies of the row, a zero weight the same as leaving it out.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixlab._jaxutil import float64_scope, tiny
-from mixlab._validation import check_data, check_float
+from mixlab._validation import check_data, check_float, check_sample_weight
+from mixlab.density import hard_assign, log_joint, normalise, weighted_log_prob
 from mixlab.families import Family, get_family
 from mixlab.params import MixtureParams
 
@@ -47,49 +51,16 @@ class ELBOResult(NamedTuple):
     Attributes
     ----------
     elbo : scalar
-        ``L(q, theta) = sum_ik q_ik (log pi_k + log p(x_i | theta_k) - log q_ik)``.
+        ``L(q, theta) = sum_ik w_i q_ik (log pi_k + log p(x_i | theta_k) - log q_ik)``.
     kl : scalar
-        ``KL(q || p(z | x, theta)) = sum_ik q_ik (log q_ik - log p(z_i = k | x_i, theta))``.
+        ``KL(q || p(z | x, theta)) = sum_ik w_i q_ik (log q_ik - log p(z_i = k | x_i, theta))``.
     log_likelihood : scalar
-        ``log p(X | theta) = sum_i log sum_k pi_k p(x_i | theta_k)``.
+        ``log p(X | theta) = sum_i w_i log sum_k pi_k p(x_i | theta_k)``.
     """
 
     elbo: Array
     kl: Array
     log_likelihood: Array
-
-
-# ----------------------------------------------------------------------------- internals
-def weighted_log_prob(X: Array, params: MixtureParams) -> Array:
-    """``log pi_k + log p(x_i | theta_k)``, shape ``(n_samples, n_components)``."""
-    fam = params.family_impl
-    return fam.log_prob(X, params.means, params.prec_chol) + jnp.log(params.weights)
-
-
-def normalise(log_joint: Array) -> tuple[Array, Array]:
-    """Responsibilities and ``logsumexp`` of each row, sharing one ``exp``.
-
-    Returns ``(resp, log_norm)`` with ``resp = exp(log_joint - log_norm)``.
-    The shift by the row maximum cancels exactly, so no gradient flows through
-    it (as in ``jax.nn.logsumexp``): 2.5x cheaper gradients for the Bayesian
-    model, whose likelihood this is.
-    """
-    row_max = jax.lax.stop_gradient(jnp.max(log_joint, axis=1, keepdims=True))
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    unnorm = jnp.exp(log_joint - row_max)
-    total = jnp.sum(unnorm, axis=1, keepdims=True)
-    resp = unnorm / total
-    return resp, (row_max + jnp.log(total))[:, 0]
-
-
-def hard_assign(log_joint: Array) -> tuple[Array, Array]:
-    """One-hot responsibilities of the most probable component and its log joint."""
-    labels = jnp.argmax(log_joint, axis=1)
-    resp = jax.nn.one_hot(labels, log_joint.shape[1], dtype=log_joint.dtype)
-    return resp, jnp.max(log_joint, axis=1)
-
-
-FORMULATIONS = ("centred", "expanded")
 
 
 def chunk_sum(fn: Any, chunks: tuple[Any, ...]) -> tuple[Any, Any]:
@@ -117,78 +88,55 @@ def chunk_sum(fn: Any, chunks: tuple[Any, ...]) -> tuple[Any, Any]:
 class EPass(NamedTuple):
     """Sums over the data from one E-step."""
 
-    objective: Array  # sum of log p(x_i) (soft) or of max_k log joint (hard)
-    nk: Array  # (K,) sum of responsibilities
-    sum_x: Array  # (K, D) responsibility-weighted sums of X
-    moments: Array | None = None  # (K, T) resp.T @ moment features (expanded only)
-
-
-def log_joint_fn(params: MixtureParams, formulation: str) -> Any:
-    """``f(X_chunk, features_chunk) -> log pi_k + log p(x_i | theta_k)`` for a formulation.
-
-    Per-component constants are computed once here, outside the per-chunk code.
-    """
-    family = params.family_impl
-    log_weights = jnp.log(params.weights)
-    if formulation == "expanded":
-        quad, lin, const = family.expanded_coefficients(params.means, params.prec_chol)
-        const = const + log_weights
-
-        def expanded(xc: Array, fc: Array | None) -> Array:
-            fc = family.moment_features(xc) if fc is None else fc
-            return fc @ quad + xc @ lin + const
-
-        return expanded
-
-    def centred(xc: Array, fc: Array | None) -> Array:
-        return family.log_prob(xc, params.means, params.prec_chol) + log_weights
-
-    return centred
+    objective: Array  # sum of w_i log p(x_i) (soft) or of w_i max_k log joint (hard)
+    nk: Array  # (K,) sum of weighted responsibilities
+    stats: Any  # the family's sufficient statistics (a pytree of sums)
 
 
 def e_pass(
     X3: Array,
     F3: Array | None,
-    mask: Array | None,
+    W3: Array | None,
     params: MixtureParams,
+    prepared: Any,
     hard: bool,
-    formulation: str = "centred",
+    keep_resp: bool,
     track_worst: bool = False,
+    formulation: str = "centred",
 ) -> tuple[EPass, Array | None, Array | None]:
     """E-step over all chunks with the sums the M-step needs.
 
-    ``F3`` holds precomputed moment features (expanded formulation) or
-    ``None`` to compute them per chunk.  Returns the sums; for the centred
-    formulation, the responsibilities ``(n_chunks, chunk, K)`` (zero on padding
-    rows) that its second M-step pass needs; and with ``track_worst`` the data
-    row worst explained by ``params`` (lowest per-row objective, shape ``(D,)``),
-    found in the same pass (the collapse restart point).
+    ``F3`` holds precomputed row features (or ``None`` to compute them per
+    chunk); ``W3`` row weights (``None``: all one).  Returns the sums; with
+    ``keep_resp`` the weighted responsibilities ``(n_chunks, chunk, K)`` a
+    second M-step pass needs; and with ``track_worst`` the data row worst
+    explained by ``params`` (lowest per-row objective among rows of positive
+    weight, shape ``(D,)``), found in the same pass (the collapse restart point).
     """
-    family = params.family_impl
-    log_joint = log_joint_fn(params, formulation)
-    expanded = formulation == "expanded"
+    family = params.family
+    log_weights = jnp.log(params.weights)
 
-    def one(xc: Array, fc: Array | None, mc: Array | None) -> tuple[EPass, tuple]:
-        if expanded and fc is None:
-            fc = family.moment_features(xc)
-        resp, row_obj = (hard_assign if hard else normalise)(log_joint(xc, fc))
+    def one(xc: Array, fc: Array | None, wc: Array | None) -> tuple[EPass, tuple]:
+        if fc is None:
+            fc = family.row_features(xc, formulation)
+        log_prob, aux = family.log_prob_and_aux(xc, prepared, fc)
+        resp, row_obj = (hard_assign if hard else normalise)(log_prob + log_weights)
         worst = None
         if track_worst:
-            ranked = row_obj if mc is None else jnp.where(mc > 0, row_obj, jnp.inf)
+            ranked = row_obj if wc is None else jnp.where(wc > 0, row_obj, jnp.inf)
             i = jnp.argmin(ranked)
             worst = (ranked[i], xc[i])
-        if mc is not None:
-            resp = resp * mc[:, None]
-            row_obj = jnp.where(mc > 0, row_obj, 0.0)
+        if wc is not None:
+            resp = resp * wc[:, None]
+            row_obj = jnp.where(wc > 0, wc * row_obj, 0.0)
         sums = EPass(
             jnp.sum(row_obj),
             jnp.sum(resp, axis=0),
-            resp.T @ xc,
-            resp.T @ fc if expanded else None,
+            family.summarize(xc, resp, prepared, fc, aux),
         )
-        return sums, (None if expanded else resp, worst)
+        return sums, (family.second_pass_resp(resp, aux) if keep_resp else None, worst)
 
-    sums, (resp3, worst) = chunk_sum(one, (X3, F3, mask))
+    sums, (resp3, worst) = chunk_sum(one, (X3, F3, W3))
     point = None if worst is None else worst[1][jnp.argmin(worst[0])]
     return sums, resp3, point
 
@@ -196,97 +144,116 @@ def e_pass(
 def objectives(
     X3: Array,
     F3: Array | None,
-    mask: Array | None,
+    W3: Array | None,
     params: MixtureParams,
+    prepared: Any,
     formulation: str = "centred",
 ) -> tuple[Array, Array]:
-    """Total log-likelihood and total classification log-likelihood (hard objective)."""
-    log_joint = log_joint_fn(params, formulation)
+    """Total (weighted) log-likelihood and total classification log-likelihood."""
+    family = params.family
+    log_weights = jnp.log(params.weights)
 
-    def one(xc: Array, fc: Array | None, mc: Array | None) -> tuple[tuple[Array, Array], None]:
-        lj = log_joint(xc, fc)
+    def one(xc: Array, fc: Array | None, wc: Array | None) -> tuple[tuple[Array, Array], None]:
+        if fc is None:
+            fc = family.row_features(xc, formulation)
+        lj = log_joint(xc, family, prepared, log_weights, fc)
         _, log_norm = normalise(lj)
         best = jnp.max(lj, axis=1)
-        if mc is not None:
-            log_norm = jnp.where(mc > 0, log_norm, 0.0)
-            best = jnp.where(mc > 0, best, 0.0)
+        if wc is not None:
+            log_norm = jnp.where(wc > 0, wc * log_norm, 0.0)
+            best = jnp.where(wc > 0, wc * best, 0.0)
         return (jnp.sum(log_norm), jnp.sum(best)), None
 
-    sums, _ = chunk_sum(one, (X3, F3, mask))
+    sums, _ = chunk_sum(one, (X3, F3, W3))
     return sums
+
+
+def guarded_counts(nk: Array) -> Array:
+    """Responsibility sums plus ten epsilons, as scikit-learn guards them."""
+    return nk + tiny(nk.dtype)
 
 
 def m_step_from_pass(
     X3: Array,
     resp3: Array | None,
-    stats: EPass,
+    sums: EPass,
     family: Family,
-    reg_covar: Any,
-    means: Array | None = None,
-) -> MixtureParams:
-    """M-step from E-pass sums.
+    components: dict[str, Array] | None,
+    reg: Any,
+    fixed: tuple[str, ...] = (),
+) -> tuple[Array, dict[str, Array]]:
+    """``(weights, components)`` from E-pass sums.
 
-    Centred formulation (``stats.moments is None``): the covariance statistics
-    take a second pass over the chunks, centred on the new means.  Expanded
-    formulation: covariances come straight from the weighted moments.
-    ``means`` given: hold the means there (covariances are then about them).
+    Where the family asks for it (``resp3`` kept), a second pass over the
+    chunks sums statistics about the centre the first pass gives (the Gaussian
+    covariances about the new means).  Component parameters named in ``fixed``
+    keep the values in ``components`` (fixed weights are the caller's).
     """
-    nk = stats.nk + tiny(X3.dtype)
-    mean_x = stats.sum_x / nk[:, None]
-    if means is None:
-        means = mean_x
-    if stats.moments is not None:
-        covariances = family.covariances_from_moments(stats.moments, nk, mean_x, means, reg_covar)
-    else:
+    nk = guarded_counts(sums.nk)
+    second = None
+    if resp3 is not None:
+        centre = family.second_pass(sums.stats, nk, components, fixed)
 
-        def one(xc: Array, rc: Array) -> tuple[Array, None]:
-            return family.covariance_stats(xc, rc, means), None
+        def one(xc: Array, rc: Array) -> tuple[Any, None]:
+            return family.summarize_second(xc, rc, centre), None
 
-        cov_stats, _ = chunk_sum(one, (X3, resp3))
-        covariances = family.covariances_from_stats(cov_stats, nk, reg_covar)
-    return MixtureParams.trusted(
-        weights=nk / jnp.sum(nk),
-        means=means,
-        covariances=covariances,
-        prec_chol=family.precision_cholesky(covariances),
-        covariance_type=family.covariance_type,
-        family=family.family,
-    )
+        second, _ = chunk_sum(one, (X3, resp3))
+    new = family.m_step(sums.stats, nk, components, reg, fixed, second)
+    if fixed:
+        new = {n: (components[n] if n in fixed else v) for n, v in new.items()}
+    return nk / jnp.sum(nk), new
 
 
-def m_step_arrays(X: Array, resp: Array, family: Family, reg_covar: Any) -> MixtureParams:
+def m_step_arrays(
+    X: Array, resp: Array, family: Family, reg: Any, row_weight: Array | None = None
+) -> MixtureParams:
     """Whole-data M-step: maximise ``L(q, theta)`` over theta for responsibilities ``resp``."""
-    stats = EPass(jnp.zeros((), X.dtype), jnp.sum(resp, axis=0), resp.T @ X)
-    return m_step_from_pass(X[None], resp[None], stats, family, reg_covar)
+    w_resp = resp if row_weight is None else resp * row_weight[:, None]
+    stats = family.summarize(X, w_resp, None, None)
+    sums = EPass(jnp.zeros((), X.dtype), jnp.sum(w_resp, axis=0), stats)
+    keep = family.two_pass("centred")
+    weights, components = m_step_from_pass(
+        X[None], w_resp[None] if keep else None, sums, family, None, reg
+    )
+    return MixtureParams.trusted(weights, components, family)
 
 
-def elbo_arrays(X: Array, params: MixtureParams, resp: Array) -> ELBOResult:
-    log_joint = weighted_log_prob(X, params)
-    _, log_norm = normalise(log_joint)
-    log_post = log_joint - log_norm[:, None]
+def elbo_arrays(
+    X: Array, params: MixtureParams, resp: Array, row_weight: Array | None = None
+) -> ELBOResult:
+    lj = weighted_log_prob(X, params)
+    _, log_norm = normalise(lj)
+    log_post = lj - log_norm[:, None]
     # q log q with 0 log 0 = 0; where q = 0 the log-joint term drops out too.
     safe_q = jnp.where(resp > 0, resp, 1.0)
     q_log_q = jnp.where(resp > 0, resp * jnp.log(safe_q), 0.0)
-    q_log_joint = jnp.where(resp > 0, resp * log_joint, 0.0)
+    q_log_joint = jnp.where(resp > 0, resp * lj, 0.0)
     q_log_post = jnp.where(resp > 0, resp * log_post, 0.0)
-    elbo_value = jnp.sum(q_log_joint) - jnp.sum(q_log_q)
-    kl = jnp.sum(q_log_q) - jnp.sum(q_log_post)
-    return ELBOResult(elbo_value, kl, jnp.sum(log_norm))
+    w = jnp.ones(X.shape[0], X.dtype) if row_weight is None else row_weight
+
+    def total(a: Array) -> Array:
+        return jnp.sum(w * jnp.sum(a, axis=1))
+
+    elbo_value = total(q_log_joint) - total(q_log_q)
+    kl = total(q_log_q) - total(q_log_post)
+    return ELBOResult(elbo_value, kl, jnp.sum(w * log_norm))
 
 
 # ----------------------------------------------------------------------------- public API
 def _component_log_prob(X: Array, params: MixtureParams) -> Array:
-    return params.family_impl.log_prob(X, params.means, params.prec_chol)
+    family = params.family
+    return family.log_prob(X, family.prepare(params.components), None)
 
 
 def _e_step(X: Array, params: MixtureParams) -> EStepResult:
-    log_joint = weighted_log_prob(X, params)
-    _, log_norm = normalise(log_joint)
-    return EStepResult(log_joint - log_norm[:, None], log_norm)
+    lj = weighted_log_prob(X, params)
+    _, log_norm = normalise(lj)
+    return EStepResult(lj - log_norm[:, None], log_norm)
 
 
-def _total_log_likelihood(X: Array, params: MixtureParams) -> Array:
-    return jnp.sum(normalise(weighted_log_prob(X, params))[1])
+def _total_log_likelihood(X: Array, params: MixtureParams, row_weight: Array | None) -> Array:
+    log_norm = normalise(weighted_log_prob(X, params))[1]
+    return jnp.sum(log_norm if row_weight is None else row_weight * log_norm)
 
 
 # Compiled once per shape; inside a caller's trace they simply inline.
@@ -314,7 +281,14 @@ def _prepare(X: Any, params: Any, name: str = "X") -> tuple[Array, MixtureParams
             f"{name} has {Xc.shape[1]} feature(s) but the parameters have {params.n_features}; "
             "pass data with the same columns the mixture was fitted on"
         )
+    params.family.check_data(Xc, name)
     return jnp.asarray(Xc), jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def _prepare_weight(row_weight: Any, n_samples: int, dtype: Any) -> Array | None:
+    if row_weight is None or _is_traced(row_weight):
+        return None if row_weight is None else jnp.asarray(row_weight)
+    return jnp.asarray(check_sample_weight(row_weight, n_samples, dtype))
 
 
 def _prepare_resp(resp: Any, n_samples: int, n_components: int | None, dtype: Any) -> Array:
@@ -377,7 +351,13 @@ def e_step(X: Any, params: MixtureParams) -> EStepResult:
 
 @float64_scope
 def m_step(
-    X: Any, resp: Any, covariance_type: str = "full", reg_covar: float = 1e-6
+    X: Any,
+    resp: Any,
+    covariance_type: str | None = None,
+    reg_covar: float = 1e-6,
+    *,
+    family: str | Family = "gaussian",
+    sample_weight: Any = None,
 ) -> MixtureParams:
     """M-step: the parameters that maximise the ELBO for responsibilities ``resp``.
 
@@ -387,30 +367,38 @@ def m_step(
     resp : array of shape (n_samples, n_components)
         Responsibilities (probabilities; rows sum to one), e.g.
         ``np.exp(e_step(X, params).log_resp)``.
-    covariance_type : {"full", "diag", "spherical", "tied"}
+    covariance_type : {"full", "diag", "spherical", "tied"}, optional
+        Gaussian (and Student-t) covariance layout; default ``"full"``.
     reg_covar : float
-        Added to the covariance diagonals.
+        Added to the covariance diagonals (families with covariances).
+    family : str or Family, default "gaussian"
+    sample_weight : array of shape (n_samples,), optional
+        Frequency weights of the rows.
 
     Returns
     -------
     MixtureParams
-        Weights ``N_k / N``, means ``sum_i r_ik x_i / N_k`` and covariances
-        centred on the new means (scikit-learn's M-step).
+        Gaussian: weights ``N_k / N``, means ``sum_i r_ik x_i / N_k`` and
+        covariances centred on the new means (scikit-learn's M-step); other
+        families: their closed-form M-step (Student-t from ``u = 1``).
     """
-    family = get_family(covariance_type)
-    if _is_traced(X, resp):
+    fam = get_family(family, covariance=covariance_type)
+    if _is_traced(X, resp, sample_weight):
         Xj = jnp.asarray(X)
         Xj = Xj[:, None] if Xj.ndim == 1 else Xj
-        return _m_step_jit(Xj, jnp.asarray(resp), family, reg_covar)
+        w = None if sample_weight is None else jnp.asarray(sample_weight)
+        return _m_step_jit(Xj, jnp.asarray(resp), fam, reg_covar, w)
     reg_covar = check_float(reg_covar, "reg_covar", minimum=0.0)
     dtype = np.dtype(np.float32) if getattr(X, "dtype", None) == np.float32 else np.float64
     Xc = check_data(X, dtype)
+    fam.check_data(Xc)
     r = _prepare_resp(resp, Xc.shape[0], None, dtype)
-    return _m_step_jit(jnp.asarray(Xc), r, family, jnp.asarray(reg_covar, dtype))
+    w = _prepare_weight(sample_weight, Xc.shape[0], dtype)
+    return _m_step_jit(jnp.asarray(Xc), r, fam, jnp.asarray(reg_covar, dtype), w)
 
 
 @float64_scope
-def elbo(X: Any, params: MixtureParams, resp: Any) -> ELBOResult:
+def elbo(X: Any, params: MixtureParams, resp: Any, sample_weight: Any = None) -> ELBOResult:
     """Exact evidence lower bound and KL gap for any responsibilities ``q``.
 
     ``log p(X | theta) = L(q, theta) + KL(q || p(z | X, theta))`` holds to
@@ -424,6 +412,8 @@ def elbo(X: Any, params: MixtureParams, resp: Any) -> ELBOResult:
     resp : array of shape (n_samples, n_components)
         The distribution ``q``; rows sum to one.  Zeros are allowed
         (``0 log 0 = 0``), so hard assignments work.
+    sample_weight : array of shape (n_samples,), optional
+        Frequency weights of the rows.
 
     Returns
     -------
@@ -432,69 +422,27 @@ def elbo(X: Any, params: MixtureParams, resp: Any) -> ELBOResult:
     """
     Xj, p = _prepare(X, params)
     r = _prepare_resp(resp, Xj.shape[0], p.n_components, Xj.dtype)
-    return _elbo_jit(Xj, p, r)
+    return _elbo_jit(Xj, p, r, _prepare_weight(sample_weight, Xj.shape[0], Xj.dtype))
 
 
 @float64_scope
-def log_likelihood(X: Any, params: MixtureParams) -> Array:
-    """Total log-likelihood ``sum_i log p(x_i | theta)``."""
+def log_likelihood(X: Any, params: MixtureParams, sample_weight: Any = None) -> Array:
+    """Total log-likelihood ``sum_i w_i log p(x_i | theta)`` (weights default to one)."""
     Xj, p = _prepare(X, params)
-    return _log_likelihood_jit(Xj, p)
+    return _log_likelihood_jit(Xj, p, _prepare_weight(sample_weight, Xj.shape[0], Xj.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("family", "pointwise"))
-def _draw_log_likelihoods(
-    X: Array,
-    weights: Array,
-    means: Array,
-    covariances: Array,
-    *,
-    family: Family,
-    pointwise: bool,
-) -> Array:
-    def one(p: tuple[Array, Array, Array]) -> Array:
-        w, m, c = p
-        params = MixtureParams.trusted(
-            w, m, c, family.precision_cholesky(c), family.covariance_type, family.family
-        )
-        _, log_norm = normalise(weighted_log_prob(X, params))
-        return log_norm if pointwise else jnp.sum(log_norm)
-
-    return jax.lax.map(one, (weights, means, covariances), batch_size=32)
-
-
-def log_likelihood_draws(
-    X: Any, draws: dict[str, Any], covariance_type: str = "full", pointwise: bool = False
-) -> np.ndarray:
-    """Log-likelihood of many parameter draws at once.
-
-    Parameters
-    ----------
-    X : array of shape (n_samples, n_features)
-    draws : dict with "weights", "means", "covariances"
-        Arrays with the same leading axes, e.g. ``(chain, draw)``.
-    covariance_type : str
-    pointwise : bool
-        Per observation instead of totals.
-
-    Returns
-    -------
-    array of shape ``lead`` (totals) or ``lead + (n_samples,)``
-    """
-    family = get_family(covariance_type)
-    weights = np.asarray(draws["weights"])
-    lead = weights.shape[:-1]
-    flat = [
-        np.asarray(draws[k]).reshape((-1, *np.asarray(draws[k]).shape[len(lead) :]))
-        for k in ("weights", "means", "covariances")
-    ]
-    dtype = np.asarray(X).dtype
-    with jax.enable_x64(dtype == np.float64):
-        out = _draw_log_likelihoods(
-            jnp.asarray(X),
-            *(jnp.asarray(a, dtype) for a in flat),
-            family=family,
-            pointwise=pointwise,
-        )
-        out = np.asarray(out)
-    return out.reshape((*lead, *out.shape[1:]))
+__all__ = [
+    "ELBOResult",
+    "EPass",
+    "EStepResult",
+    "chunk_sum",
+    "e_pass",
+    "e_step",
+    "elbo",
+    "log_likelihood",
+    "log_prob_components",
+    "m_step",
+    "m_step_from_pass",
+    "objectives",
+]

@@ -1,445 +1,409 @@
 """Gaussian components in scikit-learn's four covariance layouts.
 
-Log-densities go through the Cholesky factor ``P_k`` of the precision:
-``y = x P_k - mu_k P_k``, ``log p = -0.5 (D log 2 pi + |y|^2) + sum log diag P_k``.
-For full covariances the K factors are stacked into one ``D x KD`` matrix so a
-whole E-step is a single matrix product.
+Components: ``means (K, D)`` and ``covariances`` laid out as scikit-learn does
+for the covariance type (``full (K, D, D)``, ``diag (K, D)``, ``spherical
+(K,)``, ``tied (D, D)``).  Log-densities go through the Cholesky factor of the
+precision (:mod:`mixlab.families.covariance`).
 
-The M-step statistics are centred on the new means (``x - mu_k`` is formed
-before any product), so variances cannot come out negative in float32, as the
-uncentred ``E[x x^T] - mu mu^T`` formula can.
+Two EM formulations of the same maths:
+
+``"centred"``
+    Distances ``x P_k - mu_k P_k`` and covariances centred on the new means in
+    an exact second pass over the data.  Exact in float32 and with
+    ``reg_covar=0``.
+``"expanded"``
+    Quadratic forms on the data's pair products (``row_features``), computed
+    once: one pass and two matrix products per iteration, two to three times
+    faster; uncentred, so a variance loses about ``eps * max |x - mean|^2``.
+    ``"auto"`` uses it in float64 only where that loss is under 1e-4 of
+    ``reg_covar`` (:meth:`Gaussian.choose_formulation`).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+import warnings
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixlab.families.base import Family, PriorSite, register
+from mixlab.errors import DataScaleWarning
+from mixlab.families.base import Family, ParamSpec, PriorSite, Standardisation, register
+from mixlab.families.covariance import LAYOUTS, Layout, get_layout
 
-LOG_2PI = math.log(2.0 * math.pi)
+Array = jax.Array
 
-_PD_ADVICE = "increase reg_covar, use fewer components, or rescale the data"
-
-
-def _cholesky_precision(covariances: jax.Array) -> jax.Array:
-    """Upper factors ``P`` with ``P @ P.T = inv(C)`` for a stack of SPD matrices."""
-    chol = jnp.linalg.cholesky(covariances)
-    eye = jnp.broadcast_to(jnp.eye(covariances.shape[-1], dtype=covariances.dtype), chol.shape)
-    inv_chol = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
-    return jnp.swapaxes(inv_chol, -1, -2)
-
-
-def _log_det_upper(prec_chol: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
-
-
-def _upper_pairs(n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of the upper triangle (diagonal included)."""
-    return np.triu_indices(n_features)
+#: "auto" uses the expanded formulation only when its worst-case rounding in a
+#: variance, about ``eps * max |x - mean|^2``, is at most this fraction of the
+#: ``reg_covar`` floor.  ``reg_covar = 0`` therefore always runs centred (exact).
+EXPANDED_MAX_REL_ERROR = 1e-4
+#: A covariance has collapsed when its smallest eigenvalue above ``reg_covar``, in units
+#: of the data's own variance per feature, is below this (by dtype).
+COLLAPSE_REL_VARIANCE = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-8}
+#: ``reg_covar`` this many times the variance of every varying feature makes every
+#: component at least ``sqrt`` of it (10x) as wide as the whole data set in every
+#: direction: the mixture density is flat over the data and separates nothing.
+SWAMPED_RATIO = 100.0
 
 
-def _pair_products(X: jax.Array) -> jax.Array:
-    """``x_d * x_e`` for every ``d <= e``: shape ``(n_samples, D (D + 1) / 2)``."""
-    rows, cols = _upper_pairs(X.shape[-1])
-    return X[:, rows] * X[:, cols]
+class GaussianPrepared(NamedTuple):
+    """Per-iteration quantities: precision factors and, expanded, the quadratic form."""
+
+    means: Array
+    prec_chol: Array
+    quad: Array | None = None  # (T, K) coefficients on the pair products
+    lin: Array | None = None  # (D, K)
+    const: Array | None = None  # (K,)
 
 
-def _quadratic_coefficients(prec: jax.Array) -> jax.Array:
-    """Coefficients of ``-0.5 x^T prec x`` on the pair products, shape ``(T, K)``."""
-    rows, cols = _upper_pairs(prec.shape[-1])
-    scale = np.where(rows == cols, -0.5, -1.0)
-    return (prec[..., rows, cols] * scale).T
+class GaussianStats(NamedTuple):
+    """Sums over rows: ``resp.T @ X`` and, expanded, ``resp.T @ pair_products``."""
+
+    sum_x: Array
+    moments: Array | None = None
 
 
-def _symmetric_from_pairs(values: jax.Array, n_features: int) -> jax.Array:
-    """Inverse of the pair layout: ``(..., T)`` to symmetric ``(..., D, D)``."""
-    rows, cols = _upper_pairs(n_features)
-    out = jnp.zeros((*values.shape[:-1], n_features, n_features), values.dtype)
-    return out.at[..., rows, cols].set(values).at[..., cols, rows].set(values)
+def covariance_collapsed(
+    layout: Layout,
+    covariances: Array,
+    reg: Any,
+    data_var: Array,
+    n_components: int,
+    n_features: int,
+) -> Array:
+    """Per component: is the covariance singular above ``reg`` relative to the data?
+
+    The smallest eigenvalue of ``Sigma_k - reg I`` in units of the data's
+    variance per feature, against :data:`COLLAPSE_REL_VARIANCE`.  Features
+    constant in the data are left out (a constant column is no collapse); a
+    non-finite covariance is not flagged here (the finiteness check reports it).
+    """
+    eye = jnp.eye(n_features, dtype=data_var.dtype)
+    full = layout.to_full(covariances, n_components, n_features) - reg * eye
+    constant = data_var <= 0
+    scale = jax.lax.rsqrt(jnp.where(constant, 1.0, data_var))
+    normalised = full * scale[:, None] * scale[None, :]
+    normalised = jnp.where(constant[:, None] | constant[None, :], eye, normalised)
+    finite = jnp.all(jnp.isfinite(normalised), axis=(-2, -1))
+    normalised = jnp.where(finite[:, None, None], normalised, eye)
+    smallest = jnp.linalg.eigvalsh(normalised)[..., 0]
+    return finite & (smallest <= COLLAPSE_REL_VARIANCE[np.dtype(data_var.dtype)])
 
 
-def _from_scaled_correlation(scales: jax.Array, corr_chol: jax.Array | None):
-    """``(covariance, prec_chol)`` of ``diag(s) R diag(s)`` with ``R = corr_chol corr_chol^T``."""
-    if corr_chol is None:  # one feature: the correlation matrix is [[1]]
-        cov_chol = scales[..., :, None]
-    else:
-        cov_chol = scales[..., :, None] * corr_chol
-    cov = cov_chol @ jnp.swapaxes(cov_chol, -1, -2)
-    eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
-    inv_chol = jax.scipy.linalg.solve_triangular(cov_chol, eye, lower=True)
-    return cov, jnp.swapaxes(inv_chol, -1, -2)
+def check_location_scale(centred_X: np.ndarray, reg_covar: float) -> list[int]:
+    """Refuse data whose squares overflow; flag features that ``reg_covar`` dominates.
 
-
-def _to_scaled_correlation(covariances: jax.Array) -> dict[str, jax.Array]:
-    scales = jnp.sqrt(jnp.diagonal(covariances, axis1=-2, axis2=-1))
-    out = {"scales": scales}
-    if covariances.shape[-1] > 1:
-        corr = covariances / (scales[..., :, None] * scales[..., None, :])
-        out["corr_chol"] = jnp.linalg.cholesky(corr)
-    return out
-
-
-def _scaled_correlation_sites(batch: tuple[int, ...], n_features: int) -> tuple[PriorSite, ...]:
-    sites = [PriorSite("scales", "half_normal", (*batch, n_features))]
-    if n_features > 1:
-        sites.append(PriorSite("corr_chol", "lkj_cholesky", batch, n_features))
-    return tuple(sites)
-
-
-def _check_spd(matrix: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(matrix)):
-        raise ValueError(f"{what} contains NaN or infinite values")
-    scale = max(float(np.max(np.abs(matrix))), np.finfo(np.float64).tiny)
-    if not np.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-10 * scale):
-        raise ValueError(f"{what} is not symmetric; pass (C + C.T) / 2")
-    eig = np.linalg.eigvalsh(np.asarray(matrix, dtype=np.float64))
-    # Singular up to rounding counts as singular: a rank-deficient A @ A.T can come out
-    # with a tiny positive smallest eigenvalue and would give precisions of 1e16.
-    floor = 10 * len(eig) * np.finfo(np.float64).eps * float(np.max(np.abs(eig)))
-    if eig[0] <= floor:
+    Returns the features whose variance is below ``reg_covar`` (every
+    component's variance there exceeds the data's, so that feature cannot
+    separate components).  Warns with :class:`~mixlab.errors.DataScaleWarning`
+    only when the fit is ruined: ``reg_covar`` is at least
+    :data:`SWAMPED_RATIO` times the variance of every varying feature, as with
+    data in tiny units.  A deliberate large ``reg_covar`` (scikit-learn users
+    set 0.1 on unit-scale data) stays silent.
+    """
+    dtype = centred_X.dtype
+    limit = float(np.sqrt(np.finfo(dtype).max)) / 1e4
+    biggest = float(np.max(np.abs(centred_X)))
+    if biggest > limit:
         raise ValueError(
-            f"{what} is not positive definite (smallest eigenvalue {eig[0]:.3g}, largest "
-            f"{eig[-1]:.3g}); {_PD_ADVICE}"
+            f"X deviates from its mean by up to {biggest:.3g}: squares overflow {dtype}; "
+            "rescale the data (e.g. divide each column by its standard deviation)"
         )
+    var = centred_X.var(axis=0, dtype=np.float64)
+    varying = var > 0
+    if reg_covar <= 0 or not varying.any():
+        return []
+    if reg_covar >= SWAMPED_RATIO * float(var[varying].max()):
+        warnings.warn(
+            f"reg_covar={reg_covar:g} is over {SWAMPED_RATIO:g} times the variance of every "
+            f"feature (largest {var[varying].max():.3g}): every component is wider than the "
+            "whole data set and the mixture cannot separate anything. Rescale the data "
+            "(e.g. divide each column by its standard deviation) or lower reg_covar",
+            DataScaleWarning,
+            stacklevel=5,
+        )
+    return [int(j) for j in np.flatnonzero(varying & (var < reg_covar))]
 
 
-def _check_positive(values: np.ndarray, what: str, index_name: str) -> None:
-    values = np.asarray(values)
-    bad = ~np.isfinite(values) | (values <= 0)
-    if bad.any():
-        idx = np.argwhere(bad)[0]
-        loc = ", ".join(str(int(i)) for i in idx)
+def location_standardisation(X: np.ndarray, isotropic: bool) -> Standardisation:
+    """Centre on the data mean and divide by the data sd (one common sd if isotropic)."""
+    loc = X.mean(axis=0)
+    sd = X.std(axis=0)
+    if isotropic:
+        sd = np.full_like(sd, np.sqrt(np.mean(np.square(sd))))
+    sd = np.where(sd > 0, sd, 1.0)  # a constant feature keeps its units
+    return Standardisation(loc, sd)
+
+
+def mean_sites(n_components: int, n_features: int, priors: Any) -> tuple[PriorSite, ...]:
+    """``means_std``: Normal(mean_loc, mean_scale) in standardised units (ordered in 1-D)."""
+    args = (("loc", "mean_loc"), ("scale", priors.mean_scale))
+    if priors.ordered_means:
+        return (PriorSite("means_std", "ordered_normal", (n_components,), args),)
+    return (PriorSite("means_std", "normal", (n_components, n_features), args),)
+
+
+def mean_prior_constants(std: Standardisation, priors: Any) -> dict[str, np.ndarray]:
+    loc = priors.mean_loc
+    if loc is None:
+        return {"mean_loc": np.zeros(len(std.loc))}
+    if loc.shape != std.loc.shape:
         raise ValueError(
-            f"{what}[{loc}] = {float(values[tuple(idx)]):.6g} must be a positive finite "
-            f"variance (indexed by {index_name})"
+            f"Priors.mean_loc has {loc.size} entries but the data have {len(std.loc)} feature(s)"
         )
+    return {"mean_loc": (loc - std.loc) / std.scale}
 
 
-class _Gaussian(Family):
-    family = "gaussian"
+def means_from_sites(values: dict[str, Array], n_components: int) -> Array:
+    means = values["means_std"]
+    return means[:, None] if means.ndim == 1 else means
 
-    def _expect_shape(self, covariances: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        if covariances.shape != shape:
+
+def means_to_sites(means: Array, priors_ordered: bool) -> Array:
+    return means[:, 0] if priors_ordered else means
+
+
+@register
+class Gaussian(Family):
+    """Multivariate normal components with a covariance layout.
+
+    Parameters
+    ----------
+    covariance : {"full", "diag", "spherical", "tied"}
+        scikit-learn's layouts.
+
+    ``Gaussian(covariance="full")`` returns the layout's own class
+    (:class:`FullGaussian`, ...); all are the same family.
+    """
+
+    name = "gaussian"
+    location = True
+    formulations = ("centred", "expanded")
+    degeneracy = "covariance"
+    degeneracy_message = "its covariance became singular (it sits on too few distinct points)"
+    COVARIANCE_TYPES: ClassVar[tuple[str, ...]] = tuple(LAYOUTS)
+    layout: ClassVar[Layout]
+
+    def __new__(cls, covariance: str | None = None) -> Gaussian:
+        if cls is Gaussian:
+            cls = _CLASSES[get_layout(covariance or "full").name]
+        return super().__new__(cls)
+
+    def __init__(self, covariance: str | None = None) -> None:
+        if covariance is not None and get_layout(covariance) is not self.layout:
             raise ValueError(
-                f"covariances for covariance_type={self.covariance_type!r} must have shape "
-                f"{shape}, got {covariances.shape}"
+                f"{type(self).__name__} has covariance {self.layout.name!r}, not {covariance!r}"
             )
-        return covariances
 
+    def options(self) -> dict[str, Any]:
+        return {"covariance": self.layout.name}
 
-@register
-class FullGaussian(_Gaussian):
-    """Each component has its own full covariance matrix, shape ``(K, D, D)``."""
+    def __repr__(self) -> str:
+        return f"Gaussian(covariance={self.layout.name!r})"
 
-    covariance_type = "full"
-
-    def min_points(self, n_features):
-        return n_features + 1
-
-    def covariance_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
-        return (n_components, n_features, n_features)
-
-    def n_covariance_parameters(self, n_components: int, n_features: int) -> int:
-        return n_components * n_features * (n_features + 1) // 2
-
-    def coerce_covariances(self, covariances, n_components, n_features):
-        if n_features == 1 and covariances.shape in ((n_components,), (n_components, 1)):
-            covariances = covariances.reshape(n_components, 1, 1)
-        return self._expect_shape(covariances, (n_components, n_features, n_features))
-
-    def check_covariances(self, covariances):
-        for k, cov in enumerate(covariances):
-            _check_spd(cov, f"covariances[{k}] (component {k})")
-
-    def precision_cholesky(self, covariances):
-        return _cholesky_precision(covariances)
-
-    def log_prob(self, X, means, prec_chol):
-        n_components, n_features = means.shape
-        # One matrix product for all components: columns k*D..(k+1)*D hold P_k.
-        stacked = jnp.transpose(prec_chol, (1, 0, 2)).reshape(n_features, n_components * n_features)
-        offset = jnp.einsum("kd,kde->ke", means, prec_chol).reshape(-1)
-        y = (X @ stacked - offset).reshape(X.shape[0], n_components, n_features)
-        sq = jnp.sum(jnp.square(y), axis=-1)
-        return -0.5 * (n_features * LOG_2PI + sq) + _log_det_upper(prec_chol)
-
-    def covariance_stats(self, X, resp, means):
-        diff = X[None, :, :] - means[:, None, :]  # (K, N, D), centred on the new means
-        weighted = diff * resp.T[:, :, None]
-        return jnp.einsum("knd,kne->kde", weighted, diff)
-
-    def covariances_from_stats(self, stats, nk, reg_covar):
-        cov = stats / nk[:, None, None]
-        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
-        return cov + reg_covar * jnp.eye(cov.shape[-1], dtype=cov.dtype)
-
-    def moment_features(self, X):
-        return _pair_products(X)
-
-    def n_moment_features(self, n_features):
-        return n_features * (n_features + 1) // 2
-
-    def expanded_coefficients(self, means, prec_chol):
-        n_features = means.shape[1]
-        prec = jnp.einsum("kde,kfe->kdf", prec_chol, prec_chol)
-        lin = jnp.einsum("kde,ke->kd", prec, means)
-        const = (
-            -0.5 * jnp.sum(lin * means, axis=1)
-            + _log_det_upper(prec_chol)
-            - 0.5 * n_features * LOG_2PI
+    # ------------------------------------------------------------------ layout
+    def param_specs(self) -> tuple[ParamSpec, ...]:
+        return (
+            ParamSpec("means", ("component", "feature"), "real", "mean"),
+            self.layout.spec(),
         )
-        return _quadratic_coefficients(prec), lin.T, const
 
-    def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
-        n_features = means.shape[1]
-        second = _symmetric_from_pairs(moments / nk[:, None], n_features)
-        shift = mean_x - means  # parallel-axis term; zero unless means are held fixed
-        cov = (
-            second - mean_x[:, :, None] * mean_x[:, None, :] + shift[:, :, None] * shift[:, None, :]
-        )
-        return cov + reg_covar * jnp.eye(n_features, dtype=cov.dtype)
+    def coerce(self, name, value, n_components, n_features):
+        if name == "covariances":
+            return self.layout.coerce(value, n_components, n_features)
+        return super().coerce(name, value, n_components, n_features)
 
-    def prior_sites(self, n_components, n_features):
-        return _scaled_correlation_sites((n_components,), n_features)
+    def check_components(self, components):
+        self.layout.check(np.asarray(components["covariances"]))
 
-    def covariance_from_factors(self, factors, n_components, n_features):
-        return _from_scaled_correlation(factors["scales"], factors.get("corr_chol"))
+    def min_points(self, n_features: int) -> int:
+        return self.layout.min_points(n_features)
 
-    def factors_from_covariance(self, covariances, n_components, n_features):
-        return _to_scaled_correlation(covariances)
+    def check_fit_data(self, centred_X: np.ndarray, reg: float) -> list[int]:
+        return check_location_scale(centred_X, reg)
 
-    def rescale_covariances(self, covariances, scale):
-        return covariances * scale[:, None] * scale[None, :]
+    def choose_formulation(self, requested: str, centred_X: np.ndarray, reg: float) -> str:
+        """Resolve ``"auto"``: expanded (fast) where its rounding is harmless, else centred.
 
-    def to_full(self, covariances, n_components, n_features):
-        return covariances
+        The expanded M-step forms a variance as ``E[x^2] - mean^2`` and loses
+        about ``eps * max x^2``; that is negligible when ``reg_covar`` keeps
+        every variance well above it, and never acceptable in float32.
+        """
+        if requested != "auto":
+            return requested
+        if centred_X.dtype != np.float64:
+            return "centred"
+        worst = float(np.finfo(np.float64).eps) * float(np.max(np.square(centred_X)))
+        return "expanded" if worst <= EXPANDED_MAX_REL_ERROR * reg else "centred"
 
-
-@register
-class DiagGaussian(_Gaussian):
-    """Each component has a diagonal covariance, stored as variances ``(K, D)``."""
-
-    covariance_type = "diag"
-
-    def covariance_shape(self, n_components, n_features):
-        return (n_components, n_features)
-
-    def n_covariance_parameters(self, n_components, n_features):
+    def work_width(self, n_components: int, n_features: int, formulation: str) -> int:
+        if formulation == "expanded":
+            return max(self.layout.n_moment_features(n_features), n_components)
         return n_components * n_features
 
-    def coerce_covariances(self, covariances, n_components, n_features):
-        if n_features == 1 and covariances.shape == (n_components,):
-            covariances = covariances.reshape(n_components, 1)
-        return self._expect_shape(covariances, (n_components, n_features))
+    def row_feature_width(self, n_features: int, formulation: str) -> int:
+        return self.layout.n_moment_features(n_features) if formulation == "expanded" else 0
 
-    def check_covariances(self, covariances):
-        _check_positive(covariances, "covariances", "component, feature")
+    # ---------------------------------------------------------------- pure JAX
+    def precision_cholesky(self, covariances: Array) -> Array:
+        return self.layout.precision_cholesky(covariances)
 
-    def precision_cholesky(self, covariances):
-        return jax.lax.rsqrt(covariances)
+    def prepare(self, components, formulation="centred"):
+        means = components["means"]
+        prec_chol = self.layout.precision_cholesky(components["covariances"])
+        if formulation == "expanded":
+            quad, lin, const = self.layout.expanded_coefficients(means, prec_chol)
+            return GaussianPrepared(means, prec_chol, quad, lin, const)
+        return GaussianPrepared(means, prec_chol)
 
-    def log_prob(self, X, means, prec_chol):
-        n_features = means.shape[1]
-        y = (X[:, None, :] - means[None, :, :]) * prec_chol[None, :, :]
-        sq = jnp.sum(jnp.square(y), axis=-1)
-        return -0.5 * (n_features * LOG_2PI + sq) + jnp.sum(jnp.log(prec_chol), axis=1)
+    def row_features(self, X, formulation="centred"):
+        return self.layout.moment_features(X) if formulation == "expanded" else None
 
-    def covariance_stats(self, X, resp, means):
-        diff = X[:, None, :] - means[None, :, :]  # (N, K, D)
-        return jnp.einsum("nk,nkd->kd", resp, jnp.square(diff))
+    def log_prob(self, X, prepared, features=None):
+        if prepared.quad is not None:
+            features = self.layout.moment_features(X) if features is None else features
+            return features @ prepared.quad + X @ prepared.lin + prepared.const
+        return self.layout.log_gauss(X, prepared.means, prepared.prec_chol)
 
-    def covariances_from_stats(self, stats, nk, reg_covar):
-        return stats / nk[:, None] + reg_covar
+    def summarize(self, X, resp, prepared, features=None, aux=None):
+        if prepared is not None and prepared.quad is not None:
+            features = self.layout.moment_features(X) if features is None else features
+            return GaussianStats(resp.T @ X, resp.T @ features)
+        return GaussianStats(resp.T @ X)
 
-    def moment_features(self, X):
-        return jnp.square(X)
+    def two_pass(self, formulation):
+        return formulation == "centred"
 
-    def n_moment_features(self, n_features):
-        return n_features
+    def second_pass(self, stats, nk, components, fixed):
+        if "means" in fixed:
+            return components["means"]
+        return stats.sum_x / nk[:, None]
 
-    def expanded_coefficients(self, means, prec_chol):
-        n_features = means.shape[1]
-        prec = jnp.square(prec_chol)
-        const = (
-            -0.5 * jnp.sum(jnp.square(means) * prec, axis=1)
-            + jnp.sum(jnp.log(prec_chol), axis=1)
-            - 0.5 * n_features * LOG_2PI
+    def summarize_second(self, X, resp, centre):
+        return self.layout.covariance_stats(X, resp, centre)
+
+    def m_step(self, stats, nk, components, reg, fixed=(), second=None):
+        mean_x = stats.sum_x / nk[:, None]
+        means = components["means"] if "means" in fixed else mean_x
+        if "covariances" in fixed:
+            covariances = components["covariances"]
+        elif second is not None:
+            covariances = self.layout.covariances_from_stats(second, nk, reg)
+        else:
+            covariances = self.layout.covariances_from_moments(
+                stats.moments, nk, mean_x, means, reg
+            )
+        return {"means": means, "covariances": covariances}
+
+    def component_ok(self, components, prepared):
+        n = components["means"].shape[0]
+        return self.layout.component_ok(prepared.prec_chol, n) & jnp.all(
+            jnp.isfinite(components["means"]), axis=1
         )
-        return -0.5 * prec.T, (means * prec).T, const
 
-    def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
-        return moments / nk[:, None] - jnp.square(mean_x) + jnp.square(mean_x - means) + reg_covar
+    def collapsed(self, components, nk, reg, data_var):
+        means = components["means"]
+        return covariance_collapsed(
+            self.layout, components["covariances"], reg, data_var, *means.shape
+        )
 
-    def prior_sites(self, n_components, n_features):
-        return (PriorSite("scales", "half_normal", (n_components, n_features)),)
+    def place(self, components, mask, points):
+        return {**components, "means": jnp.where(mask[:, None], points, components["means"])}
 
-    def covariance_from_factors(self, factors, n_components, n_features):
-        scales = factors["scales"]
-        return jnp.square(scales), 1.0 / scales
+    def shift(self, components, delta):
+        return {**components, "means": components["means"] + delta}
 
-    def factors_from_covariance(self, covariances, n_components, n_features):
-        return {"scales": jnp.sqrt(covariances)}
+    def sample(self, key, components, labels):
+        means = components["means"]
+        n_components, n_features = means.shape
+        noise = jax.random.normal(key, (labels.shape[0], n_features), means.dtype)
+        chol = jnp.linalg.cholesky(
+            self.layout.to_full(components["covariances"], n_components, n_features)
+        )
 
-    def rescale_covariances(self, covariances, scale):
-        return covariances * jnp.square(scale)
+        def add_component(k: int, X: Array) -> Array:
+            return jnp.where((labels == k)[:, None], means[k] + noise @ chol[k].T, X)
 
-    def to_full(self, covariances, n_components, n_features):
-        return covariances[:, :, None] * jnp.eye(n_features, dtype=covariances.dtype)
+        return jax.lax.fori_loop(0, n_components, add_component, jnp.zeros_like(noise))
+
+    def marginal(self, components, feature):
+        with jax.enable_x64(True):
+            _, cov = self.moments({k: jnp.asarray(v) for k, v in components.items()})
+        variances = np.asarray(cov)[:, feature, feature][:, None]
+        means = np.asarray(components["means"])[:, [feature]]
+        return DiagGaussian(), {"means": means, "covariances": variances}
+
+    def moments(self, components):
+        means = components["means"]
+        return means, self.layout.to_full(components["covariances"], *means.shape)
+
+    # ------------------------------------------------ Bayesian parameterisation
+    def standardisation(self, X):
+        return location_standardisation(X, self.layout.isotropic)
+
+    def to_data_units(self, components, std):
+        loc, scale = jnp.asarray(std.loc), jnp.asarray(std.scale)
+        return {
+            "means": loc + components["means"] * scale,
+            "covariances": self.layout.rescale(components["covariances"], scale),
+        }
+
+    def from_data_units(self, components, std):
+        loc, scale = jnp.asarray(std.loc), jnp.asarray(std.scale)
+        return {
+            "means": (components["means"] - loc) / scale,
+            "covariances": self.layout.rescale(components["covariances"], 1.0 / scale),
+        }
+
+    def prior_constants(self, X_std, std, priors):
+        return mean_prior_constants(std, priors)
+
+    def prior_sites(self, n_components, n_features, priors):
+        return mean_sites(n_components, n_features, priors) + self.layout.prior_sites(
+            n_components, n_features, priors
+        )
+
+    def components_from_sites(self, values, n_components, n_features):
+        return {
+            "means": means_from_sites(values, n_components),
+            "covariances": self.layout.covariance_from_factors(values),
+        }
+
+    def sites_from_components(self, components, n_components, n_features, priors):
+        return {
+            "means_std": means_to_sites(components["means"], bool(priors.ordered_means)),
+            **self.layout.factors_from_covariance(components["covariances"]),
+        }
 
 
-@register
-class SphericalGaussian(DiagGaussian):
+class FullGaussian(Gaussian):
+    """Each component has its own full covariance matrix, shape ``(K, D, D)``."""
+
+    layout = LAYOUTS["full"]
+
+
+class DiagGaussian(Gaussian):
+    """Each component has a diagonal covariance, stored as variances ``(K, D)``."""
+
+    layout = LAYOUTS["diag"]
+
+
+class SphericalGaussian(Gaussian):
     """Each component has one variance for all features, stored as ``(K,)``."""
 
-    covariance_type = "spherical"
-    isotropic = True
-
-    def covariance_shape(self, n_components, n_features):
-        return (n_components,)
-
-    def n_covariance_parameters(self, n_components, n_features):
-        return n_components
-
-    def coerce_covariances(self, covariances, n_components, n_features):
-        if covariances.shape == (n_components, 1):
-            covariances = covariances.reshape(n_components)
-        return self._expect_shape(covariances, (n_components,))
-
-    def check_covariances(self, covariances):
-        _check_positive(covariances, "covariances", "component")
-
-    def log_prob(self, X, means, prec_chol):
-        n_features = means.shape[1]
-        sq = jnp.sum(jnp.square(X[:, None, :] - means[None, :, :]), axis=-1)
-        sq = sq * jnp.square(prec_chol)[None, :]
-        return -0.5 * (n_features * LOG_2PI + sq) + n_features * jnp.log(prec_chol)
-
-    def covariances_from_stats(self, stats, nk, reg_covar):
-        # Mean over features of the diagonal estimate, as scikit-learn does.
-        return jnp.mean(stats / nk[:, None] + reg_covar, axis=1)
-
-    def moment_features(self, X):
-        return jnp.sum(jnp.square(X), axis=1, keepdims=True)
-
-    def n_moment_features(self, n_features):
-        return 1
-
-    def expanded_coefficients(self, means, prec_chol):
-        n_features = means.shape[1]
-        prec = jnp.square(prec_chol)
-        const = (
-            -0.5 * prec * jnp.sum(jnp.square(means), axis=1)
-            + n_features * jnp.log(prec_chol)
-            - 0.5 * n_features * LOG_2PI
-        )
-        return -0.5 * prec[None, :], (means * prec[:, None]).T, const
-
-    def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
-        n_features = means.shape[1]
-        total = (
-            moments[:, 0] / nk
-            - jnp.sum(jnp.square(mean_x), axis=1)
-            + jnp.sum(jnp.square(mean_x - means), axis=1)
-        )
-        return total / n_features + reg_covar
-
-    def prior_sites(self, n_components, n_features):
-        return (PriorSite("scales", "half_normal", (n_components,)),)
-
-    def rescale_covariances(self, covariances, scale):
-        # isotropic: every entry of ``scale`` is the same
-        return covariances * jnp.square(scale[0])
-
-    def to_full(self, covariances, n_components, n_features):
-        return covariances[:, None, None] * jnp.eye(n_features, dtype=covariances.dtype)
+    layout = LAYOUTS["spherical"]
 
 
-@register
-class TiedGaussian(_Gaussian):
+class TiedGaussian(Gaussian):
     """All components share one full covariance matrix, shape ``(D, D)``."""
 
-    covariance_type = "tied"
-    per_component_covariance = False
+    layout = LAYOUTS["tied"]
 
-    def min_points(self, n_features):
-        return 1
 
-    def covariance_shape(self, n_components, n_features):
-        return (n_features, n_features)
-
-    def n_covariance_parameters(self, n_components, n_features):
-        return n_features * (n_features + 1) // 2
-
-    def coerce_covariances(self, covariances, n_components, n_features):
-        if n_features == 1 and covariances.size == 1:
-            covariances = covariances.reshape(1, 1)
-        return self._expect_shape(covariances, (n_features, n_features))
-
-    def check_covariances(self, covariances):
-        _check_spd(covariances, "covariances (the tied covariance)")
-
-    def precision_cholesky(self, covariances):
-        return _cholesky_precision(covariances)
-
-    def log_prob(self, X, means, prec_chol):
-        n_features = means.shape[1]
-        y = (X @ prec_chol)[:, None, :] - (means @ prec_chol)[None, :, :]
-        sq = jnp.sum(jnp.square(y), axis=-1)
-        return -0.5 * (n_features * LOG_2PI + sq) + _log_det_upper(prec_chol)
-
-    def covariance_stats(self, X, resp, means):
-        diff = X[None, :, :] - means[:, None, :]
-        weighted = diff * resp.T[:, :, None]
-        return jnp.einsum("knd,kne->de", weighted, diff)
-
-    def covariances_from_stats(self, stats, nk, reg_covar: Any):
-        cov = stats / jnp.sum(nk)
-        cov = 0.5 * (cov + cov.T)
-        return cov + reg_covar * jnp.eye(cov.shape[-1], dtype=cov.dtype)
-
-    def moment_features(self, X):
-        return _pair_products(X)
-
-    def n_moment_features(self, n_features):
-        return n_features * (n_features + 1) // 2
-
-    def expanded_coefficients(self, means, prec_chol):
-        n_components, n_features = means.shape
-        prec = prec_chol @ prec_chol.T
-        lin = means @ prec
-        const = (
-            -0.5 * jnp.sum(lin * means, axis=1)
-            + _log_det_upper(prec_chol)
-            - 0.5 * n_features * LOG_2PI
-        )
-        quad = _quadratic_coefficients(prec)  # (T,): the quadratic form is shared
-        return jnp.broadcast_to(quad[:, None], (quad.shape[0], n_components)), lin.T, const
-
-    def covariances_from_moments(self, moments, nk, mean_x, means, reg_covar):
-        n_features = means.shape[1]
-        second = _symmetric_from_pairs(jnp.sum(moments, axis=0), n_features)
-        shift = mean_x - means
-        between = jnp.einsum("k,kd,ke->de", nk, mean_x, mean_x)
-        offset = jnp.einsum("k,kd,ke->de", nk, shift, shift)
-        cov = (second - between + offset) / jnp.sum(nk)
-        return cov + reg_covar * jnp.eye(n_features, dtype=cov.dtype)
-
-    def prior_sites(self, n_components, n_features):
-        return _scaled_correlation_sites((), n_features)
-
-    def covariance_from_factors(self, factors, n_components, n_features):
-        return _from_scaled_correlation(factors["scales"], factors.get("corr_chol"))
-
-    def factors_from_covariance(self, covariances, n_components, n_features):
-        return _to_scaled_correlation(covariances)
-
-    def rescale_covariances(self, covariances, scale):
-        return covariances * scale[:, None] * scale[None, :]
-
-    def to_full(self, covariances, n_components, n_features):
-        return jnp.broadcast_to(covariances, (n_components, n_features, n_features))
+_CLASSES: dict[str, type[Gaussian]] = {
+    "full": FullGaussian,
+    "diag": DiagGaussian,
+    "spherical": SphericalGaussian,
+    "tied": TiedGaussian,
+}

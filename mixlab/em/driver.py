@@ -182,11 +182,14 @@ def run_em(
     data_var: Array,
     policy: Array,
     settings: EMSettings,
+    pooled: MixtureParams | None = None,
 ) -> EMOutput:
     """Run EM from ``params0`` until the stopping rule holds (pure, jittable).
 
     ``n_samples`` is the total row weight; ``policy`` indexes
-    :data:`COLLAPSE_POLICIES` (an int32 scalar).
+    :data:`COLLAPSE_POLICIES` (an int32 scalar); ``pooled`` is the whole
+    data's fit that collapsed components restart from (computed here if not
+    given: pass it to share it between restarts).
     """
     family, n_components = settings.family, settings.n_components
     formulation = settings.formulation
@@ -220,7 +223,8 @@ def run_em(
         settled=jnp.zeros(n_components, bool),
     )
     reinit = policy == COLLAPSE_POLICIES.index("reinit")
-    pooled = pooled_params(X3, W3, n_components, family, reg)
+    if pooled is None:
+        pooled = pooled_params(X3, W3, n_components, family, reg)
     components_k = jnp.arange(n_components)
 
     def body(state: EMState) -> EMState:
@@ -373,6 +377,7 @@ def _program(
     F3 = None
     if settings.precompute_features:
         F3 = jax.vmap(lambda x: settings.family.row_features(x, settings.formulation))(X3)
+    pooled = pooled_params(X3, W3, settings.n_components, settings.family, reg)  # once
 
     def one(start: Any) -> EMOutput:
         if settings.init is None:
@@ -388,7 +393,7 @@ def _program(
                 reg,
                 data_var,
             )
-        return run_em(params0, X3, F3, W3, n_samples, tol, reg, data_var, policy, settings)
+        return run_em(params0, X3, F3, W3, n_samples, tol, reg, data_var, policy, settings, pooled)
 
     return jax.vmap(one)(starts)
 

@@ -192,11 +192,21 @@ def _fit_from_resp(
 def pooled_params(
     X3: Array, W3: Array | None, n_components: int, family: Family, reg: Any
 ) -> MixtureParams:
-    """Every component equal to the whole data set's fit (one component, K times)."""
-    uniform = jnp.full((*X3.shape[:2], n_components), 1.0 / n_components, X3.dtype)
+    """Every component equal to the whole data set's fit (one component, K times).
+
+    The one-component fit costs 1/K of a K-component M-step; it is broadcast.
+    """
+    ones = jnp.ones((*X3.shape[:2], 1), X3.dtype)
     if W3 is not None:
-        uniform = uniform * W3[..., None]
-    weights, components = _fit_from_resp(X3, uniform, family, reg)
+        ones = ones * W3[..., None]
+    _, single = _fit_from_resp(X3, ones, family, reg)
+    components = {}
+    for spec in family.param_specs():
+        value = single[spec.name]
+        if spec.per_component:
+            value = jnp.broadcast_to(value, (n_components, *value.shape[1:]))
+        components[spec.name] = value
+    weights = jnp.full(n_components, 1.0 / n_components, X3.dtype)
     return MixtureParams.trusted(weights, components, family)
 
 

@@ -1,11 +1,19 @@
 """Embedded data sets and seeded generators for the seed studies.
 
-Real data (shipped in the package, no download):
+Real data (shipped in the package, no download; sources and licences in
+``mixlab/data/README.md``):
 
 * ``load("faithful")``: Old Faithful eruptions, duration (min) and waiting
   time (min), 272 rows; the classic two-cluster EM demo.
 * ``load("galaxies")``: 82 galaxy velocities (km/s, Roeder 1990); the classic
   Bayesian mixture test where the number of components is in doubt.
+* ``load("quine")``: days absent from school (a count) of 146 Australian
+  children (Quine 1975, R's ``MASS::quine``); the count data for Poisson
+  mixtures.  ``as_frame=True`` adds the four categorical columns.
+* ``load("lsat6", with_weights=True)``: the 32 response patterns of five
+  binary LSAT items and how many of 1000 examinees gave each (Bock and
+  Lieberman 1970); latent class analysis with ``family="bernoulli"`` and
+  ``sample_weight``.
 
 Generators (each takes a seed and returns ``(X, labels, truth)``):
 
@@ -27,7 +35,19 @@ import numpy as np
 from mixlab._validation import check_int
 from mixlab.params import MixtureParams
 
-_FILES = {"faithful": "faithful.csv", "galaxies": "galaxies.csv"}
+
+class _DataSet(NamedTuple):
+    file: str
+    features: tuple[str, ...] | None = None  # None: every column
+    weight: str | None = None  # a column of frequency weights
+
+
+_DATASETS = {
+    "faithful": _DataSet("faithful.csv"),
+    "galaxies": _DataSet("galaxies.csv"),
+    "quine": _DataSet("quine.csv", features=("Days",)),
+    "lsat6": _DataSet("lsat6.csv", features=("Q1", "Q2", "Q3", "Q4", "Q5"), weight="count"),
+}
 
 
 class Generated(NamedTuple):
@@ -40,43 +60,71 @@ class Generated(NamedTuple):
 
 def available() -> tuple[str, ...]:
     """Names accepted by :func:`load`."""
-    return tuple(_FILES)
+    return tuple(_DATASETS)
+
+
+def _spec(name: str) -> _DataSet:
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(_DATASETS)}")
+    return _DATASETS[name]
 
 
 def columns(name: str) -> list[str]:
-    """Column names of an embedded data set."""
+    """Names of the feature columns :func:`load` returns for an embedded data set."""
+    spec = _spec(name)
     header, _ = _read(name)
-    return header
+    return list(spec.features) if spec.features else header
 
 
-def _read(name: str) -> tuple[list[str], np.ndarray]:
-    if name not in _FILES:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(_FILES)}")
-    text = resources.files("mixlab").joinpath("data", _FILES[name]).read_text()
+def _read(name: str) -> tuple[list[str], list[list[str]]]:
+    spec = _spec(name)
+    text = resources.files("mixlab").joinpath("data", spec.file).read_text()
     rows = list(csv.reader(text.splitlines()))
-    return rows[0], np.array(rows[1:], dtype=np.float64)
+    return rows[0], rows[1:]
 
 
-def load(name: str, as_frame: bool = False) -> Any:
+def load(name: str, as_frame: bool = False, with_weights: bool = False) -> Any:
     """Load an embedded data set.
 
     Parameters
     ----------
-    name : {"faithful", "galaxies"}
+    name : {"faithful", "galaxies", "quine", "lsat6"}
     as_frame : bool
-        Return a pandas DataFrame with the column names instead of an array.
+        Return a pandas DataFrame with every column of the table (categorical
+        columns and counts included) instead of the numeric features.
+    with_weights : bool
+        Also return the frequency weights of the rows (``lsat6``: how many
+        examinees gave each response pattern; other data sets: ones).
 
     Returns
     -------
-    array of shape (n_samples, n_features)
-        ``faithful``: (272, 2); ``galaxies``: (82, 1).
+    X : array of shape (n_samples, n_features)
+        ``faithful`` (272, 2); ``galaxies`` (82, 1); ``quine`` (146, 1) days
+        absent; ``lsat6`` (32, 5) response patterns.
+    weights : array of shape (n_samples,)
+        With ``with_weights=True``.
     """
-    header, data = _read(name)
+    spec = _spec(name)
+    header, rows = _read(name)
     if as_frame:
         import pandas as pd
 
-        return pd.DataFrame(data, columns=header)
-    return data
+        frame = pd.DataFrame(rows, columns=header)
+        for col in frame.columns:
+            try:
+                frame[col] = pd.to_numeric(frame[col])
+            except (ValueError, TypeError):
+                pass  # a categorical column stays text
+        return frame
+    names = columns(name)
+    index = [header.index(c) for c in names]
+    X = np.array([[float(r[j]) for j in index] for r in rows], dtype=np.float64)
+    if not with_weights:
+        return X
+    if spec.weight is None:
+        return X, np.ones(len(X))
+    w = np.array([float(r[header.index(spec.weight)]) for r in rows], dtype=np.float64)
+    return X, w
 
 
 def _draw(rng: np.random.Generator, truth: MixtureParams, n_samples: int) -> Generated:

@@ -45,7 +45,7 @@ class Exponential(Family):
         mean = 1.0 / components["rates"]
         return mean, jnp.square(mean)[:, :, None] * jnp.eye(mean.shape[1], dtype=mean.dtype)
 
-    def prior_constants(self, X_std, std, priors):
+    def prior_constants(self, X_std, std, priors, row_weight=None):
         return {"rate_rate": 1.0 * np.mean(X_std, axis=0)}  # Gamma(1, mean): prior mean 1/mean
 
     def prior_sites(self, n_components, n_features, priors):

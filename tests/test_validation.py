@@ -25,8 +25,50 @@ def _start(**changes):
     return out
 
 
+COUNTS = np.array([[0.0, 3.0], [2.0, 1.0], [5.0, 0.0], [1.0, 1.0]])
+BINARY = np.array([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+
 FIT_CASES = [
     # (args, kwargs, exception, message fragment)
+    # families and their data
+    ((X_OK, 2), {"family": "gamma"}, ValueError, "unknown family 'gamma'; use one of .*'gaussian'"),
+    ((X_OK, 2), {"family": 3}, TypeError, "family must be a name"),
+    (
+        (COUNTS, 2),
+        {"family": "poisson", "covariance": "diag"},
+        ValueError,
+        "covariance='diag' applies to families with a covariance layout",
+    ),
+    (
+        (-COUNTS, 2),
+        {"family": "poisson"},
+        ValueError,
+        r"X must hold counts \(non-negative integers\) for the Poisson family; column 1 has -3",
+    ),
+    (
+        (COUNTS + 0.5, 2),
+        {"family": "poisson"},
+        ValueError,
+        "column 0 has 0.5 at row 0",
+    ),
+    (
+        (BINARY * 2, 2),
+        {"family": "bernoulli"},
+        ValueError,
+        r"X must hold binary values \(0 or 1\) for the Bernoulli family; column 1 has 2",
+    ),
+    (
+        (X_OK, 2),
+        {"family": ml.families.Gaussian(covariance="diag"), "covariance": "full"},
+        ValueError,
+        "conflicting options",
+    ),
+    (
+        (X_OK, 2),
+        {"method": ml.EM(fixed=("rates",)), "family": "student_t"},
+        ValueError,
+        "fixed must name parameters of StudentT",
+    ),
     ((X_NAN, 2), {}, ValueError, r"X contains NaN in column 1 \(1 row\(s\), first at row 4\)"),
     ((X_INF, 2), {}, ValueError, "X contains infinite values in column 0"),
     ((np.zeros((3, 4, 2)), 2), {}, ValueError, "X has 3 dimensions"),
@@ -136,6 +178,45 @@ def test_pandas_and_lists_are_accepted():
     r1 = ml.fit(df, 2, key=0)
     r2 = ml.fit(X_OK.tolist(), 2, key=0)
     np.testing.assert_array_equal(r1.params.means, r2.params.means)
+
+
+FAMILY_CASES = [
+    (lambda: ml.families.Bernoulli(pseudo_count=-1), ValueError, "pseudo_count must be >= 0"),
+    (lambda: ml.families.StudentT(dofs=0.0), ValueError, "dofs must be > 0"),
+    (lambda: ml.families.StudentT(covariance="ful"), ValueError, "unknown covariance type 'ful'"),
+    (lambda: ml.families.get_family("poisson", pseudo_count=1), ValueError, "takes no option"),
+    (
+        lambda: ml.MixtureParams([0.5, 0.5], family="poisson", rates=[[1.0], [-2.0]]),
+        ValueError,
+        r"rates\[1, 0\] \(component 1\) = -2 must be non-negative",
+    ),
+    (
+        lambda: ml.MixtureParams([1.0], family="bernoulli", probs=[[1.5]]),
+        ValueError,
+        r"probs\[0, 0\] \(component 0\) = 1.5 must be between 0 and 1",
+    ),
+    (
+        lambda: ml.MixtureParams([1.0], [[0.0]], [[[1.0]]], family="student_t", dofs=[0.0]),
+        ValueError,
+        r"dofs\[0\] \(component 0\) = 0 must be positive",
+    ),
+    (
+        lambda: ml.MixtureParams([1.0], family="poisson", probs=[[0.5]]),
+        ValueError,
+        r"unknown parameter\(s\) \['probs'\] for Poisson\(\)",
+    ),
+    (
+        lambda: ml.MixtureParams([1.0], family="student_t", means=[[0.0]], covariances=[[[1.0]]]),
+        ValueError,
+        "missing dofs",
+    ),
+]
+
+
+@pytest.mark.parametrize(("build", "exc", "message"), FAMILY_CASES)
+def test_families_and_their_parameters_are_checked(build, exc, message):
+    with pytest.raises(exc, match=message):
+        build()
 
 
 # ----------------------------------------------------------------------------- everywhere else

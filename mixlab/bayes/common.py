@@ -79,7 +79,11 @@ def reference_fit(
 
 
 def build_model(
-    X: np.ndarray, n_components: int, family: Family, priors: Priors | None
+    X: np.ndarray,
+    n_components: int,
+    family: Family,
+    priors: Priors | None,
+    sample_weight: np.ndarray | None = None,
 ) -> MixtureModel:
     """The Bayesian model for ``X``: the family's fast formulation in float64.
 
@@ -92,9 +96,9 @@ def build_model(
         if X.dtype == np.float64 and "expanded" in family.formulations
         else family.formulations[0]
     )
-    std = family.standardisation(X)
+    std = family.standardisation(X, sample_weight)
     priors = priors or Priors()
-    constants = family.prior_constants(std.apply(X), std, priors)
+    constants = family.prior_constants(std.apply(X), std, priors, sample_weight)
     return MixtureModel(family, n_components, std, priors, formulation, constants)
 
 

@@ -215,7 +215,7 @@ def run_nuts(
     sample_weight: np.ndarray | None = None,
 ) -> BayesRun:
     key_em, key_run, key_init = jax.random.split(key, 3)
-    model = build_model(X, n_components, family, method.priors)
+    model = build_model(X, n_components, family, method.priors, sample_weight)
     reference = reference_fit(
         X, n_components, family, method.em, key_em, model.standardisation, sample_weight
     )

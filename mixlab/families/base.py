@@ -130,6 +130,15 @@ class PriorSite(NamedTuple):
         return dict(self.args)[name]
 
 
+def weighted_mean_sd(X: np.ndarray, row_weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and (population) standard deviation under frequency weights."""
+    if row_weight is None:
+        return X.mean(axis=0), X.std(axis=0)
+    w = np.asarray(row_weight, np.float64)
+    mean = (w @ X) / w.sum()
+    return mean, np.sqrt((w @ np.square(X - mean)) / w.sum())
+
+
 class Standardisation(NamedTuple):
     """``z = (x - loc) / scale`` per feature; the identity for families on raw counts."""
 
@@ -464,8 +473,14 @@ class Family(ABC):
         return jnp.concatenate([mean / data_scale, jnp.log(sd)], axis=-1)
 
     # ------------------------------------------------ Bayesian parameterisation
-    def standardisation(self, X: np.ndarray) -> Standardisation:
-        """How the Bayesian model rescales the data (default: not at all)."""
+    def standardisation(
+        self, X: np.ndarray, row_weight: np.ndarray | None = None
+    ) -> Standardisation:
+        """How the Bayesian model rescales the data (default: not at all).
+
+        ``row_weight`` are frequency weights: weighted statistics, so that
+        weights and duplicated rows give the same model.
+        """
         return Standardisation.identity(X.shape[1])
 
     def to_data_units(self, components: dict[str, Array], std: Standardisation) -> dict:
@@ -477,11 +492,16 @@ class Family(ABC):
         return components
 
     def prior_constants(
-        self, X_std: np.ndarray, std: Standardisation, priors: Any
+        self,
+        X_std: np.ndarray,
+        std: Standardisation,
+        priors: Any,
+        row_weight: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Data-derived constants the prior sites refer to by name (NumPy arrays).
 
-        ``X_std`` are the standardised data and ``std`` the standardisation.
+        ``X_std`` are the standardised data, ``std`` the standardisation and
+        ``row_weight`` the rows' frequency weights (use weighted statistics).
         """
         return {}
 

@@ -29,7 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixlab.errors import DataScaleWarning
-from mixlab.families.base import Family, ParamSpec, PriorSite, Standardisation, register
+from mixlab.families.base import (
+    Family,
+    ParamSpec,
+    PriorSite,
+    Standardisation,
+    register,
+    weighted_mean_sd,
+)
 from mixlab.families.covariance import LAYOUTS, Layout, get_layout
 
 Array = jax.Array
@@ -126,10 +133,12 @@ def check_location_scale(centred_X: np.ndarray, reg_covar: float) -> list[int]:
     return [int(j) for j in np.flatnonzero(varying & (var < reg_covar))]
 
 
-def location_standardisation(X: np.ndarray, isotropic: bool) -> Standardisation:
-    """Centre on the data mean and divide by the data sd (one common sd if isotropic)."""
-    loc = X.mean(axis=0)
-    sd = X.std(axis=0)
+def location_standardisation(
+    X: np.ndarray, isotropic: bool, row_weight: np.ndarray | None = None
+) -> Standardisation:
+    """Centre on the data mean and divide by the data sd (one common sd if isotropic);
+    weighted by the rows' frequency weights where given."""
+    loc, sd = weighted_mean_sd(X, row_weight)
     if isotropic:
         sd = np.full_like(sd, np.sqrt(np.mean(np.square(sd))))
     sd = np.where(sd > 0, sd, 1.0)  # a constant feature keeps its units
@@ -339,8 +348,8 @@ class Gaussian(Family):
         return means, self.layout.to_full(components["covariances"], *means.shape)
 
     # ------------------------------------------------ Bayesian parameterisation
-    def standardisation(self, X):
-        return location_standardisation(X, self.layout.isotropic)
+    def standardisation(self, X, row_weight=None):
+        return location_standardisation(X, self.layout.isotropic, row_weight)
 
     def to_data_units(self, components, std):
         loc, scale = jnp.asarray(std.loc), jnp.asarray(std.scale)
@@ -356,7 +365,7 @@ class Gaussian(Family):
             "covariances": self.layout.rescale(components["covariances"], 1.0 / scale),
         }
 
-    def prior_constants(self, X_std, std, priors):
+    def prior_constants(self, X_std, std, priors, row_weight=None):
         return mean_prior_constants(std, priors)
 
     def prior_sites(self, n_components, n_features, priors):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixlab.families._discrete import check_values, safe_log
-from mixlab.families.base import Family, ParamSpec, PriorSite, register
+from mixlab.families.base import Family, ParamSpec, PriorSite, register, weighted_mean_sd
 
 Array = jax.Array
 
@@ -85,8 +85,9 @@ class Poisson(Family):
         return 2.0 * jnp.sqrt(components["rates"])
 
     # ------------------------------------------------ Bayesian parameterisation
-    def prior_constants(self, X_std, std, priors) -> dict[str, np.ndarray]:
-        mean = np.maximum(np.asarray(X_std, np.float64).mean(axis=0), MIN_PRIOR_MEAN)
+    def prior_constants(self, X_std, std, priors, row_weight=None) -> dict[str, np.ndarray]:
+        mean, _ = weighted_mean_sd(np.asarray(X_std, np.float64), row_weight)
+        mean = np.maximum(mean, MIN_PRIOR_MEAN)
         return {"rate_rate": priors.rate_concentration / mean}
 
     def prior_sites(self, n_components, n_features, priors):

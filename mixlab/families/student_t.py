@@ -288,8 +288,8 @@ class StudentT(Family):
         }
 
     # ------------------------------------------------ Bayesian parameterisation
-    def standardisation(self, X):
-        return location_standardisation(X, self.layout.isotropic)
+    def standardisation(self, X, row_weight=None):
+        return location_standardisation(X, self.layout.isotropic, row_weight)
 
     def to_data_units(self, components, std):
         loc, scale = jnp.asarray(std.loc), jnp.asarray(std.scale)
@@ -307,7 +307,7 @@ class StudentT(Family):
             "dofs": components["dofs"],
         }
 
-    def prior_constants(self, X_std, std, priors):
+    def prior_constants(self, X_std, std, priors, row_weight=None):
         return mean_prior_constants(std, priors)
 
     def prior_sites(self, n_components, n_features, priors):

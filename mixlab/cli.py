@@ -1,13 +1,15 @@
 """The ``mixlab`` command: argument parsing, reading data, writing outputs, printing.
 
-    mixlab fit DATA -k K [--method em|svi|nuts] [--covariance TYPE] [--n-init N]
-                         [--columns a,b] [--drop-missing] [--out DIR] [--quiet]
+    mixlab fit DATA -k K [--method em|svi|nuts] [--family F] [--covariance TYPE]
+                         [--weights COLUMN] [--n-init N] [--columns a,b]
+                         [--drop-missing] [--out DIR] [--quiet]
     mixlab compare DATA -k K [...]      EM, SVI and NUTS side by side
     mixlab demo [--out DIR]             compare on Old Faithful, with plots
     mixlab bench [-n N -k K -d D]       EM speed against scikit-learn
 
 ``DATA`` is a CSV file (with or without a header), a ``.npy`` file, or the
-name of an embedded data set (``faithful``, ``galaxies``).  Bad input prints
+name of an embedded data set (``faithful``, ``galaxies``, ``quine``,
+``lsat6``).  Bad input prints
 one line on stderr and exits with status 2.
 """
 
@@ -46,9 +48,10 @@ def read_data(
     from mixlab import datasets
 
     if source in datasets.available() and not Path(source).exists():
-        names = datasets.columns(source)
-        X = datasets.load(source)
-        return _select(X, names, columns, drop_missing, source)
+        frame = datasets.load(source, as_frame=True)
+        names = [c for c in frame.columns if frame[c].dtype.kind in "fiub"]
+        X = frame[names].to_numpy(dtype=np.float64)
+        return _select(X, names, columns or datasets.columns(source), drop_missing, source)
     path = Path(source)
     if not path.exists():
         hint = f"; embedded data sets: {', '.join(datasets.available())}"
@@ -172,14 +175,40 @@ def _methods(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _load(args: argparse.Namespace) -> tuple[np.ndarray, list[str]]:
-    X, names = read_data(args.data, args.columns, args.drop_missing)
+def _load(args: argparse.Namespace) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """The data, their column names and the frequency weights (``--weights COLUMN``)."""
+    from mixlab import datasets
+
+    weights = getattr(args, "weights", None)
+    columns = args.columns
+    if weights and columns is not None:
+        columns = [*columns, weights]
+    elif weights and args.data in datasets.available() and not Path(args.data).exists():
+        columns = [*datasets.columns(args.data), weights]
+    X, names = read_data(args.data, columns, args.drop_missing)
+    w = None
+    if weights:
+        matches = [j for j, n in enumerate(names) if n == weights]
+        if not matches and weights.isdigit() and int(weights) < len(names):
+            matches = [int(weights)]
+        if not matches:
+            raise CLIError(
+                f"{args.data} has no weight column {weights!r}; columns are {', '.join(names)}"
+            )
+        j = matches[-1]
+        w = X[:, j]
+        X = np.delete(X, j, axis=1)
+        names = [n for i, n in enumerate(names) if i != j]
+        if X.shape[1] == 0:
+            raise CLIError(f"{args.data} has no data columns besides the weights {weights!r}")
     if args.k > X.shape[0]:
         raise CLIError(f"-k {args.k} is larger than the {X.shape[0]} rows of {args.data}")
-    return X, names
+    return X, names, w
 
 
-def _write_params(out: Path, result: Any, X: np.ndarray, names: list[str]) -> Path:
+def _write_params(
+    out: Path, result: Any, X: np.ndarray, names: list[str], weights: np.ndarray | None = None
+) -> Path:
     params = result.params.to_dict()
     payload = {
         "method": result.method,
@@ -188,8 +217,8 @@ def _write_params(out: Path, result: Any, X: np.ndarray, names: list[str]) -> Pa
         "log_likelihood": result.log_likelihood,
         "converged": bool(result.converged),
         "n_iter": int(result.n_iter),
-        "bic": result.bic(X),
-        "aic": result.aic(X),
+        "bic": result.bic(X, sample_weight=weights),
+        "aic": result.aic(X, sample_weight=weights),
     }
     if "elbo" in result.diagnostics:
         payload["elbo"] = result.diagnostics["elbo"]
@@ -230,11 +259,18 @@ def _plots(out: Path, result: Any, X: np.ndarray, prefix: str = "") -> list[Path
     return written
 
 
-def _write_fit(out: Path, result: Any, X: np.ndarray, names: list[str], prefix: str = "") -> list:
+def _write_fit(
+    out: Path,
+    result: Any,
+    X: np.ndarray,
+    names: list[str],
+    prefix: str = "",
+    weights: np.ndarray | None = None,
+) -> list:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if not prefix:
-        written.append(_write_params(out, result, X, names))
+        written.append(_write_params(out, result, X, names, weights))
     resp = result.predict_proba(X)
     written.append(
         _write_csv(
@@ -269,13 +305,21 @@ def _report(paths: list[Path], quiet: bool) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     import mixlab as ml
 
-    X, names = _load(args)
+    X, names, w = _load(args)
     method = _methods(args)[args.method]
-    result = ml.fit(X, args.k, method=method, covariance=args.covariance, key=args.seed)
+    result = ml.fit(
+        X,
+        args.k,
+        method=method,
+        family=args.family,
+        covariance=args.covariance,
+        sample_weight=w,
+        key=args.seed,
+    )
     if not args.quiet:
         print(result.summary())
     if args.out:
-        _report(_write_fit(Path(args.out), result, X, names), args.quiet)
+        _report(_write_fit(Path(args.out), result, X, names, weights=w), args.quiet)
     return 0
 
 
@@ -283,10 +327,18 @@ def run_compare(args: argparse.Namespace) -> tuple[Any, list[Path]]:
     import mixlab as ml
     from mixlab import plot
 
-    X, names = _load(args)
+    X, names, w = _load(args)
     methods = _methods(args)
     fits = {
-        name: ml.fit(X, args.k, method=m, covariance=args.covariance, key=args.seed + i)
+        name: ml.fit(
+            X,
+            args.k,
+            method=m,
+            family=args.family,
+            covariance=args.covariance,
+            sample_weight=w,
+            key=args.seed + i,
+        )
         for i, (name, m) in enumerate(methods.items())
     }
     comparison = ml.compare(fits["em"], fits["svi"], fits["nuts"])
@@ -294,9 +346,9 @@ def run_compare(args: argparse.Namespace) -> tuple[Any, list[Path]]:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        written.append(_write_params(out, fits["em"], X, names))
+        written.append(_write_params(out, fits["em"], X, names, w))
         for name, result in fits.items():
-            written += _write_fit(out, result, X, names, prefix=f"{name}_")
+            written += _write_fit(out, result, X, names, prefix=f"{name}_", weights=w)
         path = out / "comparison.csv"
         comparison.table.to_csv(path)
         written.append(path)
@@ -321,6 +373,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         None,
         False,
     )
+    args.family, args.weights = "gaussian", None
     args.out = args.out or "mixlab-demo"
     if not args.quiet:
         print("Old Faithful (272 eruptions: duration, waiting time), K=2: EM, SVI and NUTS\n")
@@ -390,11 +443,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "data",
             help="CSV (with or without header) or .npy file, or an "
-            "embedded data set: faithful, galaxies",
+            "embedded data set: faithful, galaxies, quine, lsat6",
         )
         p.add_argument("-k", type=int, required=True, help="number of components")
         p.add_argument(
-            "--covariance", choices=["full", "diag", "spherical", "tied"], default="full"
+            "--family",
+            choices=["gaussian", "poisson", "bernoulli", "student_t"],
+            default="gaussian",
+            help="component family (default gaussian)",
+        )
+        p.add_argument(
+            "--covariance",
+            choices=["full", "diag", "spherical", "tied"],
+            default=None,
+            help="covariance layout of gaussian and student_t components (default full)",
+        )
+        p.add_argument(
+            "--weights",
+            metavar="COLUMN",
+            help="a column of frequency weights (sample_weight), left out of the data",
         )
         p.add_argument(
             "--columns", type=_columns, help="comma-separated column names or indices to use"

@@ -95,6 +95,20 @@ BAD = [
     ("x,y\n1,2\n3\n", [], "line 3 has 1 fields, expected 2"),
     ("x,y\n1,2\n3,4\n", ["--columns", "z"], "has no column 'z'; columns are x, y"),
     ("x,y\n1,2\n3,4\n", ["-k", "0"], "-k must be at least 1"),
+    ("x,y\n1,2\n3,4\n", ["--weights", "w"], "has no weight column 'w'; columns are x, y"),
+    ("w\n1\n3\n", ["--weights", "w"], "no data columns besides the weights 'w'"),
+    ("x,w\n1,2\n3,-1\n", ["--weights", "w"], "sample_weight[1] = -1 is negative"),
+    (
+        "x,y\n1,2\n3,4\n",
+        ["--family", "poisson", "--covariance", "diag"],
+        "covariance='diag' applies to families with a covariance layout",
+    ),
+    (
+        "x,y\n1,2\n3.5,4\n",
+        ["--family", "poisson"],
+        "must hold counts (non-negative integers) for the Poisson family; column 0 has 3.5",
+    ),
+    ("x,y\n1,2\n0,1\n", ["--family", "bernoulli"], "binary values (0 or 1)"),
 ]
 
 
@@ -119,6 +133,33 @@ def test_drop_missing_drops_the_rows(tmp_path):
     path.write_text("x,y\n" + "\n".join(",".join(r) for r in rows) + "\n")
     X, names = cli.read_data(str(path), drop_missing=True)
     assert X.shape == (39, 2) and names == ["x", "y"]
+
+
+def test_family_and_weights_give_the_api_fit(tmp_path):
+    """mixlab fit lsat6 --family bernoulli --weights count is ml.fit(..., sample_weight=)."""
+    out = tmp_path / "lsat"
+    res = run(
+        "fit",
+        "lsat6",
+        "-k",
+        2,
+        "--family",
+        "bernoulli",
+        "--weights",
+        "count",
+        "--quiet",
+        "--out",
+        out,
+    )
+    assert res.returncode == 0, res.stderr
+    params = json.loads((out / "params.json").read_text())
+    assert params["family"] == "bernoulli" and params["columns"] == ["Q1", "Q2", "Q3", "Q4", "Q5"]
+    X, w = ml.datasets.load("lsat6", with_weights=True)
+    r = ml.fit(X, 2, ml.EM(n_init=4), family="bernoulli", sample_weight=w, key=0)
+    np.testing.assert_allclose(params["probs"], r.params.probs, rtol=1e-10)
+    np.testing.assert_allclose(params["bic"], r.bic(X, sample_weight=w), rtol=1e-10)
+    with (out / "labels.csv").open() as fh:
+        assert len(list(csv.reader(fh))) == 1 + 32  # one row per pattern
 
 
 @pytest.mark.xdist_group("test_bayes")  # reuse the programs test_bayes compiled

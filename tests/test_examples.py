@@ -151,3 +151,33 @@ def test_compare_galaxies_tables_have_every_k(tmp_path):
     for cmp in out["comparisons"].values():
         assert set(cmp.methods.index) == {"em", "nuts"}
     assert (tmp_path / f"galaxies_forest_K{out['loo_best']}.png").stat().st_size > 0
+
+
+def test_counts_poisson_captures_the_overdispersion_of_quine():
+    out = load("counts_poisson").main(["--max-k", "3", "--n-init", "4", "--samples", "150"])
+    days = __import__("mixlab").datasets.load("quine")[:, 0]
+    fits = out["fits"]
+    # the one-component fit is the sample mean; every fit keeps the weighted mean of rates
+    np.testing.assert_allclose(fits[1].params.rates[0, 0], days.mean(), rtol=1e-12)
+    for fit in fits.values():
+        np.testing.assert_allclose(
+            fit.params.weights @ fit.params.rates[:, 0], days.mean(), rtol=1e-9
+        )
+    assert out["best"] == 3  # BIC keeps improving up to the largest K tried (1434.5 -> 1221.7)
+    lls = [fits[k].log_likelihood for k in (1, 2, 3)]
+    np.testing.assert_allclose(lls, [-1331.00, -709.79, -598.37], atol=0.01)
+    assert out["mixture_variance"] > 10 * out["mixture_mean"]  # overdispersed, as the data
+    assert out["comparison"].agree["nuts"]
+
+
+def test_latent_class_lsat_weighted_patterns_are_the_1000_rows():
+    out = load("latent_class_lsat").main(["--max-k", "3", "--n-init", "10"])
+    assert out["best"] == 2
+    # Bock and Lieberman's data: the two-class maximum (as published for LCA of LSAT-6)
+    np.testing.assert_allclose(out["fits"][2].log_likelihood, -2467.4055, atol=1e-3)
+    np.testing.assert_allclose(out["fits"][1].log_likelihood, -2493.4367, atol=1e-3)
+    assert out["weighted"].n_iter == out["expanded"].n_iter
+    assert out["probability_gap"] < 1e-10
+    np.testing.assert_allclose(
+        out["weighted"].log_likelihood, out["expanded"].log_likelihood, rtol=1e-12
+    )

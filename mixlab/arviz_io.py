@@ -40,6 +40,12 @@ def to_inference_data(result: Any, X: Any = None, feature_names: list[str] | Non
     acceptance rate, log density), ``log_likelihood`` (per observation, so
     ``az.loo`` and ``az.compare`` work) and ``observed_data``.  EM's point
     estimate is a posterior of one draw, so ArviZ plots can overlay it.
+
+    A fit with integer frequency weights (``sample_weight``) is exported as
+    the rows it stands for (each row repeated by its weight), so the
+    pointwise log-likelihood has one entry per observation and PSIS-LOO is
+    that of the expanded data.  Non-integer weights keep one entry per row
+    and the weights are stored beside the data in ``observed_data``.
     """
     az = import_arviz()
     params = result.params
@@ -67,12 +73,18 @@ def to_inference_data(result: Any, X: Any = None, feature_names: list[str] | Non
             ).copy(),
         }
     log_likelihood = observed = None
+    weights = result.sample_weight if X is result.data else None
     if X is not None:
         X = np.asarray(X)
         X = X[:, None] if X.ndim == 1 else X
+        if weights is not None and np.all(weights == np.round(weights)):
+            X, weights = np.repeat(X, np.asarray(weights, dtype=np.int64), axis=0), None
         pointwise = log_likelihood_draws(X, draws, params.family, pointwise=True)
         log_likelihood = {"obs": pointwise}
         observed = {"X": X}
+        if weights is not None:
+            observed["sample_weight"] = np.asarray(weights)
+            dims["sample_weight"] = ["obs_id"]
         coords["obs_id"] = np.arange(X.shape[0])
     return az.from_dict(
         posterior=draws,

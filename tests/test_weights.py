@@ -121,3 +121,18 @@ def test_weights_are_not_modified():
     w_before = w.copy()
     ml.fit(X, 2, family="poisson", sample_weight=w)
     np.testing.assert_array_equal(w, w_before)
+
+
+def test_arviz_export_of_a_weighted_fit_is_the_expanded_data():
+    X = _data("bernoulli")
+    w = np.random.default_rng(7).integers(0, 3, len(X)).astype(float)
+    start = _start(X, "bernoulli")
+    em = ml.EM(init=start, tol=1e-10, max_iter=300)
+    weighted = ml.fit(X, 2, em, family="bernoulli", sample_weight=w).to_arviz()
+    duplicated = ml.fit(np.repeat(X, w.astype(int), axis=0), 2, em, family="bernoulli").to_arviz()
+    a, b = weighted.log_likelihood["obs"].values, duplicated.log_likelihood["obs"].values
+    assert a.shape == b.shape == (1, 1, int(w.sum()))
+    np.testing.assert_allclose(a, b, rtol=1e-10)
+    # non-integer weights: one entry per row, the weights beside the data
+    halves = ml.fit(X, 2, family="bernoulli", sample_weight=w + 0.5).to_arviz()
+    np.testing.assert_array_equal(halves.observed_data["sample_weight"].values, w + 0.5)

@@ -3,6 +3,8 @@ the Bayesian model of every family."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -34,15 +36,20 @@ def _data(family: str) -> np.ndarray:
     return np.array([[0.0, 0.0], [8.0, 4.0]])[labels] + noise
 
 
-@pytest.fixture(scope="module", params=["poisson", "bernoulli", "student_t"])
-def fits(request):
-    family = request.param
+@functools.cache
+def _fits(family: str):
+    """EM, SVI (delta) and NUTS fits of one family, computed once per test session."""
     X = _data(family)
     em = ml.fit(X, 2, ml.EM(n_init=4, tol=1e-12, max_iter=3000), family=family, key=0)
     delta = ml.SVI(num_steps=6000, learning_rate=0.02, guide="delta", priors=WEAK, progress=False)
     svi = ml.fit(X, 2, delta, family=family, key=1)
     nuts = ml.fit(X, 2, ml.NUTS(**NUTS_SETTINGS), family=family, key=2)
     return family, X, em, svi, nuts
+
+
+@pytest.fixture(params=["poisson", "bernoulli", "student_t"])
+def fits(request):
+    return _fits(request.param)
 
 
 def test_svi_delta_is_em_within_one_percent_under_weak_priors(fits):

@@ -8,6 +8,7 @@ program is compiled and NumPyro never runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -505,3 +506,25 @@ def test_matplotlib_is_imported_lazily():
     names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
     assert not any(name.startswith("matplotlib") for name in names)
+
+
+def test_plots_of_count_and_binary_families():
+    """density_1d draws a count family's probabilities of each integer; scatter and forest
+    work through the family protocol (moments, parameter names)."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(np.array([[2.0, 9.0], [12.0, 1.0]])[rng.integers(0, 2, 200)])
+    fit = ml.fit(counts.astype(float), 2, family="poisson", key=0)
+    fig = plot.density_1d(fit, feature=1)
+    ax = fig.axes[0]
+    mixture = next(line for line in ax.get_lines() if line.get_gid() == "mixture")
+    x, y = mixture.get_data()
+    np.testing.assert_array_equal(x, np.round(x))  # integers only
+    assert abs(y.sum() - 1.0) < 1e-6  # a probability mass function over the integers
+    w, r = fit.params.weights, fit.params.rates[:, 1]
+    k = 5
+    want = np.sum(w * np.exp(-r) * r**k / math.factorial(k))
+    np.testing.assert_allclose(y[list(x).index(k)], want, rtol=1e-10)
+    fig2 = plot.scatter_2d(fit, counts.astype(float))
+    means = next(c for c in fig2.axes[0].collections if c.get_gid() == "means")
+    np.testing.assert_allclose(np.sort(means.get_offsets()[:, 0]), np.sort(fit.params.rates[:, 0]))
+    plt.close("all")

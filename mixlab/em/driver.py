@@ -144,18 +144,6 @@ def _component_ok(params: MixtureParams, prepared: Any) -> Array:
     return params.family.component_ok(params.components, prepared) & jnp.isfinite(params.weights)
 
 
-def _finite_components(family: Family, components: dict[str, Array], n: int) -> Array:
-    """Per component: every parameter finite (a cheap check before any factorisation)."""
-    ok = jnp.ones(n, bool)
-    for spec in family.param_specs():
-        finite = jnp.isfinite(components[spec.name])
-        if spec.per_component:
-            ok = ok & jnp.all(finite.reshape(n, -1), axis=1)
-        else:
-            ok = ok & jnp.all(finite)
-    return ok
-
-
 def _reinitialise(
     params: MixtureParams, k: Array, point: Array, pooled: MixtureParams
 ) -> MixtureParams:
@@ -264,7 +252,7 @@ def run_em(
         # after its restart has no data to go to (fewer distinct points than
         # components, say): it is left be.
         settled = state.settled | (gone & (components_k == state.last_restart))
-        broken = (gone & ~settled) | ~_finite_components(family, components, n_components)
+        broken = (gone & ~settled) | ~family.components_finite(components)
         restarted = reinit & finite & jnp.any(broken) & (state.n_reinit < settings.max_reinit)
         k_restart = jnp.argmax(broken).astype(jnp.int32)
         # The row the current fit explains worst, found by this iteration's E-pass

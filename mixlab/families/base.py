@@ -383,7 +383,14 @@ class Family(ABC):
         """
 
     def component_ok(self, components: dict[str, Array], prepared: Any) -> Array:
-        """Per component, shape ``(K,)``: are its parameters usable (finite, valid)?"""
+        """Per component, shape ``(K,)``: are its parameters usable (finite, valid)?
+
+        Default: :meth:`components_finite`.
+        """
+        return self.components_finite(components)
+
+    def components_finite(self, components: dict[str, Array]) -> Array:
+        """Per component, shape ``(K,)``: every parameter finite (no factorisation needed)."""
         n = _n_components(self, components)
         ok = jnp.ones(n, bool)
         for s in self.param_specs():

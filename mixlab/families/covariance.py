@@ -168,6 +168,18 @@ class Layout(ABC):
         sq = self.sq_distance(X, means, prec_chol)
         return -0.5 * (n_features * LOG_2PI + sq) + self.log_det(prec_chol, n_features)
 
+    def draw(self, noise: Array, labels: Array, means: Array, covariances: Array) -> Array:
+        """``means[z] + L_z noise`` per row, ``L_z`` the Cholesky factor of component
+        ``z``'s covariance: standard normal noise to component draws (one pass per
+        component, no ``(n, D, D)`` gather)."""
+        n_components, n_features = means.shape
+        chol = jnp.linalg.cholesky(self.to_full(covariances, n_components, n_features))
+
+        def add_component(k: int, X: Array) -> Array:
+            return jnp.where((labels == k)[:, None], means[k] + noise @ chol[k].T, X)
+
+        return jax.lax.fori_loop(0, n_components, add_component, jnp.zeros_like(noise))
+
     def m_step_covariances(
         self, X: Array, resp: Array, nk: Array, means: Array, reg_covar: Any
     ) -> Array:

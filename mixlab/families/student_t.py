@@ -40,15 +40,7 @@ from jax.scipy.special import digamma, gammaln
 from mixlab._validation import check_float
 from mixlab.families.base import Family, ParamSpec, PriorSite, register
 from mixlab.families.covariance import Layout, get_layout
-from mixlab.families.gaussian import (
-    check_location_scale,
-    covariance_collapsed,
-    location_standardisation,
-    mean_prior_constants,
-    mean_sites,
-    means_from_sites,
-    means_to_sites,
-)
+from mixlab.families.location_scale import LocationScale
 
 Array = jax.Array
 
@@ -97,7 +89,7 @@ def solve_dofs(constant: Array) -> Array:
 
 
 @register
-class StudentT(Family):
+class StudentT(LocationScale, Family):
     """Multivariate Student-t components with a scale-matrix layout.
 
     Parameters
@@ -110,8 +102,6 @@ class StudentT(Family):
     """
 
     name = "student_t"
-    location = True
-    degeneracy = "covariance"
     degeneracy_message = "its scale matrix became singular (it sits on too few distinct points)"
     INITIAL_DOF: ClassVar[float] = 10.0
 
@@ -137,20 +127,9 @@ class StudentT(Family):
             ParamSpec("dofs", ("component",), "positive", "degrees of freedom"),
         )
 
-    def coerce(self, name, value, n_components, n_features):
-        if name == "covariances":
-            return self.layout.coerce(value, n_components, n_features)
-        return super().coerce(name, value, n_components, n_features)
-
     def check_components(self, components):
         super().check_components(components)
         self.layout.check(np.asarray(components["covariances"]))
-
-    def min_points(self, n_features: int) -> int:
-        return self.layout.min_points(n_features)
-
-    def check_fit_data(self, centred_X: np.ndarray, reg: float) -> list[int]:
-        return check_location_scale(centred_X, reg)
 
     def two_pass(self, formulation: str) -> bool:
         return True
@@ -233,34 +212,14 @@ class StudentT(Family):
             & (components["dofs"] > 0)
         )
 
-    def collapsed(self, components, nk, reg, data_var):
-        means = components["means"]
-        return covariance_collapsed(
-            self.layout, components["covariances"], reg, data_var, *means.shape
-        )
-
-    def place(self, components, mask, points):
-        return {**components, "means": jnp.where(mask[:, None], points, components["means"])}
-
-    def shift(self, components, delta):
-        return {**components, "means": components["means"] + delta}
-
     def sample(self, key, components, labels):
         means = components["means"]
-        n_components, n_features = means.shape
         key_normal, key_gamma = jax.random.split(key)
-        noise = jax.random.normal(key_normal, (labels.shape[0], n_features), means.dtype)
+        noise = jax.random.normal(key_normal, (labels.shape[0], means.shape[1]), means.dtype)
         nu = components["dofs"][labels]
         precision = jax.random.gamma(key_gamma, 0.5 * nu, dtype=means.dtype) / (0.5 * nu)
         noise = noise / jnp.sqrt(precision)[:, None]
-        chol = jnp.linalg.cholesky(
-            self.layout.to_full(components["covariances"], n_components, n_features)
-        )
-
-        def add_component(k: int, X: Array) -> Array:
-            return jnp.where((labels == k)[:, None], means[k] + noise @ chol[k].T, X)
-
-        return jax.lax.fori_loop(0, n_components, add_component, jnp.zeros_like(noise))
+        return self.layout.draw(noise, labels, means, components["covariances"])
 
     def moments(self, components):
         means = components["means"]
@@ -288,32 +247,8 @@ class StudentT(Family):
         }
 
     # ------------------------------------------------ Bayesian parameterisation
-    def standardisation(self, X, row_weight=None):
-        return location_standardisation(X, self.layout.isotropic, row_weight)
-
-    def to_data_units(self, components, std):
-        loc, scale = jnp.asarray(std.loc), jnp.asarray(std.scale)
-        return {
-            "means": loc + components["means"] * scale,
-            "covariances": self.layout.rescale(components["covariances"], scale),
-            "dofs": components["dofs"],
-        }
-
-    def from_data_units(self, components, std):
-        loc, scale = jnp.asarray(std.loc), jnp.asarray(std.scale)
-        return {
-            "means": (components["means"] - loc) / scale,
-            "covariances": self.layout.rescale(components["covariances"], 1.0 / scale),
-            "dofs": components["dofs"],
-        }
-
-    def prior_constants(self, X_std, std, priors, row_weight=None):
-        return mean_prior_constants(std, priors)
-
     def prior_sites(self, n_components, n_features, priors):
-        sites = mean_sites(n_components, n_features, priors) + self.layout.prior_sites(
-            n_components, n_features, priors
-        )
+        sites = self.location_scale_sites(n_components, n_features, priors)
         if self._dofs is None:
             sites += (
                 PriorSite(
@@ -326,22 +261,15 @@ class StudentT(Family):
         return sites
 
     def components_from_sites(self, values, n_components, n_features):
-        means = means_from_sites(values, n_components)
+        out = self.location_scale_from_sites(values, n_components)
         if self._dofs is None:
-            dofs = values["dofs"]
+            out["dofs"] = values["dofs"]
         else:
-            dofs = jnp.full((n_components,), self._dofs, means.dtype)
-        return {
-            "means": means,
-            "covariances": self.layout.covariance_from_factors(values),
-            "dofs": dofs,
-        }
+            out["dofs"] = jnp.full((n_components,), self._dofs, out["means"].dtype)
+        return out
 
     def sites_from_components(self, components, n_components, n_features, priors):
-        out = {
-            "means_std": means_to_sites(components["means"], bool(priors.ordered_means)),
-            **self.layout.factors_from_covariance(components["covariances"]),
-        }
+        out = self.location_scale_to_sites(components, priors)
         if self._dofs is None:
             out["dofs"] = jnp.clip(components["dofs"], MIN_DOF, MAX_DOF)
         return out

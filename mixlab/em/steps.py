@@ -168,6 +168,31 @@ def objectives(
     return sums
 
 
+def worst_row(
+    X3: Array,
+    F3: Array | None,
+    W3: Array | None,
+    params: MixtureParams,
+    prepared: Any,
+    formulation: str = "centred",
+) -> Array:
+    """The data row of positive weight that ``params`` explain worst (lowest
+    ``log p(x_i)``), shape ``(D,)``: where a collapsed component restarts."""
+    family = params.family
+    log_weights = jnp.log(params.weights)
+
+    def one(xc: Array, fc: Array | None, wc: Array | None) -> tuple[tuple[()], tuple]:
+        if fc is None:
+            fc = family.row_features(xc, formulation)
+        _, row_ll = normalise(log_joint(xc, family, prepared, log_weights, fc))
+        ranked = row_ll if wc is None else jnp.where(wc > 0, row_ll, jnp.inf)
+        i = jnp.argmin(ranked)
+        return (), (ranked[i], xc[i])
+
+    _, (values, rows) = chunk_sum(one, (X3, F3, W3))
+    return rows[jnp.argmin(values)]
+
+
 def guarded_counts(nk: Array) -> Array:
     """Responsibility sums plus ten epsilons, as scikit-learn guards them."""
     return nk + tiny(nk.dtype)

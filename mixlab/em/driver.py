@@ -219,7 +219,7 @@ def run_em(
     components_k = jnp.arange(n_components)
 
     def body(state: EMState) -> EMState:
-        sums, resp3, _ = e_pass(
+        sums, resp3 = e_pass(
             X3,
             F3,
             W3,

@@ -101,31 +101,23 @@ def e_pass(
     prepared: Any,
     hard: bool,
     keep_resp: bool,
-    track_worst: bool = False,
     formulation: str = "centred",
-) -> tuple[EPass, Array | None, Array | None]:
+) -> tuple[EPass, Array | None]:
     """E-step over all chunks with the sums the M-step needs.
 
     ``F3`` holds precomputed row features (or ``None`` to compute them per
-    chunk); ``W3`` row weights (``None``: all one).  Returns the sums; with
-    ``keep_resp`` the weighted responsibilities ``(n_chunks, chunk, K)`` a
-    second M-step pass needs; and with ``track_worst`` the data row worst
-    explained by ``params`` (lowest per-row objective among rows of positive
-    weight, shape ``(D,)``), found in the same pass (the collapse restart point).
+    chunk); ``W3`` row weights (``None``: all one).  Returns the sums and, with
+    ``keep_resp``, the weighted responsibilities ``(n_chunks, chunk, K)`` a
+    second M-step pass needs (the family's :meth:`second_pass_resp`).
     """
     family = params.family
     log_weights = jnp.log(params.weights)
 
-    def one(xc: Array, fc: Array | None, wc: Array | None) -> tuple[EPass, tuple]:
+    def one(xc: Array, fc: Array | None, wc: Array | None) -> tuple[EPass, Array | None]:
         if fc is None:
             fc = family.row_features(xc, formulation)
         log_prob, aux = family.log_prob_and_aux(xc, prepared, fc)
         resp, row_obj = (hard_assign if hard else normalise)(log_prob + log_weights)
-        worst = None
-        if track_worst:
-            ranked = row_obj if wc is None else jnp.where(wc > 0, row_obj, jnp.inf)
-            i = jnp.argmin(ranked)
-            worst = (ranked[i], xc[i])
         if wc is not None:
             resp = resp * wc[:, None]
             row_obj = jnp.where(wc > 0, wc * row_obj, 0.0)
@@ -134,11 +126,9 @@ def e_pass(
             jnp.sum(resp, axis=0),
             family.summarize(xc, resp, prepared, fc, aux),
         )
-        return sums, (family.second_pass_resp(resp, aux) if keep_resp else None, worst)
+        return sums, (family.second_pass_resp(resp, aux) if keep_resp else None)
 
-    sums, (resp3, worst) = chunk_sum(one, (X3, F3, W3))
-    point = None if worst is None else worst[1][jnp.argmin(worst[0])]
-    return sums, resp3, point
+    return chunk_sum(one, (X3, F3, W3))
 
 
 def objectives(

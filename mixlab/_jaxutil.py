@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -121,12 +121,95 @@ def tiny(dtype: Any) -> float:
     return float(10 * np.finfo(dtype).eps)
 
 
+#: Environment variable naming the persistent compilation cache directory;
+#: ``off`` (or ``0``, ``false``, ``none``, empty) switches the cache off.
+CACHE_ENV = "MIXLAB_CACHE_DIR"
+_CACHE_OFF = {"", "0", "off", "false", "no", "none"}
+_persistent = {"checked": False, "dir": None, "hits": 0}
+
+
+def cache_directory() -> str | None:
+    """Where mixlab keeps compiled programs between processes (``None``: nowhere).
+
+    ``$MIXLAB_CACHE_DIR`` when set (``off`` disables), else a per-user cache
+    directory: ``$XDG_CACHE_HOME/mixlab/jax`` (default ``~/.cache``) on Linux,
+    ``~/Library/Caches/mixlab/jax`` on macOS, ``%LOCALAPPDATA%\\mixlab\\jax``
+    on Windows.
+    """
+    import os
+    import sys
+
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return None if env.strip().lower() in _CACHE_OFF else os.path.expanduser(env)
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~/AppData/Local")
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "mixlab", "jax")
+
+
+def _count_cache_hits(event: str, **kwargs: Any) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _persistent["hits"] += 1
+
+
+def use_persistent_cache() -> str | None:
+    """Point JAX's persistent compilation cache at :func:`cache_directory`, once.
+
+    A second Python process then loads mixlab's compiled programs from disk
+    instead of compiling them again (seconds for an EM program).  A cache
+    directory the user configured in JAX (``jax_compilation_cache_dir``) is
+    used as it is; mixlab sets JAX's directory (and caches every program, not
+    only those that took over a second) only when none is configured, so that
+    is the one global JAX setting mixlab may change.  Returns the directory in
+    use, or ``None``.
+    """
+    if _persistent["checked"]:
+        return _persistent["dir"]
+    _persistent["checked"] = True
+    jax.monitoring.register_event_listener(_count_cache_hits)
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        _persistent["dir"] = configured
+        return configured
+    path = cache_directory()
+    if path is None:
+        return None
+    import os
+
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # read-only home, say: run without the cache
+        return None
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # A program compiled before this point made JAX decide there is no cache.
+    compilation_cache.reset_cache()
+    _persistent["dir"] = path
+    return path
+
+
+class Compiled(NamedTuple):
+    """A compiled program and how it was obtained."""
+
+    program: Any
+    seconds: float  # compiling, or loading from the persistent cache
+    source: str  # "memory" (this process had it), "disk" (persistent cache), "compiled"
+
+
 class CompiledCache:
     """Ahead-of-time compiled programs keyed by (settings, argument shapes), LRU.
 
-    ``get(key, fn, args)`` returns the compiled program and the seconds spent
-    compiling it (0.0 on a cache hit), so callers can report compile time
-    apart from run time.
+    ``get(key, fn, args)`` returns a :class:`Compiled`: the program, the
+    seconds spent compiling it (0.0 when this process had it already) and
+    where it came from, so callers report compile time apart from run time.
+    Programs compiled in an earlier process come from JAX's persistent cache
+    (:func:`use_persistent_cache`).
     """
 
     def __init__(self, size: int = 32) -> None:
@@ -146,20 +229,22 @@ class CompiledCache:
             ),
         )
 
-    def get(self, key: Any, fn: Callable[..., Any], args: tuple) -> tuple[Any, float]:
+    def get(self, key: Any, fn: Callable[..., Any], args: tuple) -> Compiled:
         import time
 
         full_key = (key, self.signature(args))
         if full_key in self._programs:
             self._programs.move_to_end(full_key)
-            return self._programs[full_key], 0.0
+            return Compiled(self._programs[full_key], 0.0, "memory")
+        use_persistent_cache()
+        hits = _persistent["hits"]
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         seconds = time.perf_counter() - start
         self._programs[full_key] = compiled
         while len(self._programs) > self.size:
             self._programs.popitem(last=False)
-        return compiled, seconds
+        return Compiled(compiled, seconds, "disk" if _persistent["hits"] > hits else "compiled")
 
     def clear(self) -> None:
         self._programs.clear()

@@ -22,7 +22,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from mixlab.families import Family
 from mixlab.params import MixtureParams
@@ -80,6 +79,8 @@ def permutations_to_reference(
     feats = alignment_features(family, draws, scale)
     costs = label_cost(feats, ref)
     n_draws, n_components = costs.shape[:2]
+    from scipy.optimize import linear_sum_assignment  # loaded on first use
+
     perms = np.empty((n_draws, n_components), dtype=np.int64)
     for s in range(n_draws):
         rows, cols = linear_sum_assignment(costs[s])

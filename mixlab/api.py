@@ -90,6 +90,7 @@ def _fit_em(
             "reinitialisations": run.reinitialisations,
             "collapses": run.collapses,
             "reg_covar_dominates": run.reg_covar_dominates,
+            "compile_cache": run.compile_source,
         },
     )
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from mixlab.align import apply_permutations, permutations_to_reference
 from mixlab.result import FitResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def parameter_names(result: FitResult) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
@@ -92,6 +94,8 @@ class Comparison:
     hdi_prob: float
 
     def __str__(self) -> str:
+        import pandas as pd
+
         with pd.option_context(
             "display.max_rows",
             500,
@@ -244,6 +248,8 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
                 "compile_seconds": other.compile_time,
             }
         )
+    import pandas as pd  # loaded on first use: `import mixlab` stays light
+
     frame = pd.DataFrame(table).set_index("parameter")
     return Comparison(
         table=frame,

@@ -74,7 +74,10 @@ class FitResult:
     elapsed : float
         Seconds of compiled run time, compilation excluded.
     compile_time : float
-        Seconds spent compiling (0 when a cached program was reused).
+        Seconds spent compiling, or loading the compiled program from the
+        persistent cache of an earlier process (0 when this process had it);
+        EM's ``diagnostics["compile_cache"]`` says which: ``"compiled"``,
+        ``"disk"`` or ``"memory"``.
     n_samples : int
         Rows of the data fitted.
     posterior : dict of str to array, optional
@@ -225,11 +228,13 @@ class FitResult:
         """A short human-readable table of the fit."""
         p = self.params
         weighted = "" if self.sample_weight is None else f" (weight {self.n_observations:g})"
+        loaded = self.diagnostics.get("compile_cache") == "disk"
         lines = [
             f"{self.method.upper()} fit: {p.n_components} component(s), {p.n_features} feature(s), "
             f"{p.family!r}, n_samples={self.n_samples}{weighted}",
             f"log-likelihood {self.log_likelihood:.6g}  converged={self.converged}  "
-            f"n_iter={self.n_iter}  time {self.elapsed:.3g}s (+{self.compile_time:.3g}s compile)",
+            f"n_iter={self.n_iter}  time {self.elapsed:.3g}s (+{self.compile_time:.3g}s "
+            + ("loading the compiled program)" if loaded else "compile)"),
         ]
         if self.restarts is not None and len(self.restarts) > 1:
             ll = self.restarts.log_likelihood

@@ -7,7 +7,9 @@ float64 results through its own scoped x64 handling.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 
 import matplotlib
 import pytest
@@ -18,8 +20,17 @@ matplotlib.use("Agg")
 settings.register_profile("mixlab", derandomize=True, database=None)
 settings.load_profile("mixlab")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Compiled programs persist in a directory of this test process (each xdist worker its
+# own: JAX writes cache entries non-atomically), which the subprocesses it starts (CLI,
+# examples) share; the user's own cache directory is never touched.
+_CACHE = tempfile.mkdtemp(prefix="mixlab-test-cache-")
+os.environ["MIXLAB_CACHE_DIR"] = _CACHE
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -173,7 +173,7 @@ def run_nuts_program(
     fn = functools.partial(
         _program, potential_gen=potential_gen, postprocess_gen=postprocess_gen, settings=settings
     )
-    compiled, compile_time = _PROGRAMS.get((spec, settings, enum), fn, args)
+    compiled, compile_time, _ = _PROGRAMS.get((spec, settings, enum), fn, args)
     desc = f"NUTS ({keys.shape[0]} chain(s), {settings.num_warmup} warmup)"
     out, elapsed = Progress.run(
         compiled, args, settings.num_warmup + settings.num_samples, desc, progress

@@ -155,7 +155,7 @@ def run_svi(
     args = (key_run, model_args, init_values)
     fn = functools.partial(_program, model=model, settings=settings)
     optimizer_key = None if method.optimizer is None else id(method.optimizer)
-    compiled, compile_time = _PROGRAMS.get(
+    compiled, compile_time, _ = _PROGRAMS.get(
         (model.spec, settings._replace(optimizer=optimizer_key)), fn, args
     )
     out, elapsed = Progress.run(

@@ -466,6 +466,7 @@ class EMRun(NamedTuple):
     reg_covar_dominates: list[int]
     elapsed: float
     compile_time: float
+    compile_source: str  # "memory", "disk" (persistent cache) or "compiled"
 
 
 def _failure_message(
@@ -597,7 +598,7 @@ def fit_em(
             jnp.asarray(var, dtype),
             jnp.asarray(COLLAPSE_POLICIES.index(on_collapse), jnp.int32),
         )
-        compiled, compile_time = _PROGRAMS.get(
+        compiled, compile_time, compile_source = _PROGRAMS.get(
             settings, functools.partial(_program, settings=settings), args
         )
         desc = f"EM ({len(starts) if init_method else 1} restart(s), iterations)"
@@ -667,4 +668,5 @@ def fit_em(
         reg_covar_dominates=dominated,
         elapsed=elapsed,
         compile_time=compile_time,
+        compile_source=compile_source,
     )

@@ -1,0 +1,63 @@
+"""What a new Python process pays: imports and compiled programs from earlier processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+FIT = """
+import json, sys
+import mixlab as ml
+X = ml.datasets.load("faithful")
+r = ml.fit(X, 2, key=0)
+print(json.dumps({"source": r.diagnostics["compile_cache"], "ll": r.log_likelihood,
+                  "means": r.params.means.tolist(), "n_iter": r.n_iter}))
+"""
+
+
+def _python(code: str, **env: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_import_loads_no_heavy_optional_modules():
+    code = (
+        "import sys, mixlab; print(sorted(m for m in ('pandas', 'scipy', 'numpyro', 'arviz', "
+        "'matplotlib', 'sklearn', 'xarray') if m in sys.modules))"
+    )
+    assert _python(code) == "[]"
+
+
+def test_a_second_process_loads_the_compiled_program_and_gets_the_same_fit(tmp_path):
+    cache = tmp_path / "cache"
+    first = json.loads(_python(FIT, MIXLAB_CACHE_DIR=str(cache)))
+    assert first["source"] == "compiled"
+    assert any(cache.iterdir())
+    second = json.loads(_python(FIT, MIXLAB_CACHE_DIR=str(cache)))
+    assert second["source"] == "disk"
+    # The loaded program is the same program: bit for bit the same fit.
+    assert second["ll"] == first["ll"]
+    assert second["means"] == first["means"]
+    assert second["n_iter"] == first["n_iter"]
+
+
+def test_the_cache_can_be_switched_off_and_a_users_jax_cache_is_kept(tmp_path):
+    off = json.loads(_python(FIT, MIXLAB_CACHE_DIR="off"))
+    assert off["source"] == "compiled"
+    # A cache directory configured in JAX wins over mixlab's: programs land there.
+    mine, theirs = tmp_path / "mixlab", tmp_path / "theirs"
+    code = f"import jax; jax.config.update('jax_compilation_cache_dir', {str(theirs)!r})\n" + FIT
+    json.loads(_python(code, MIXLAB_CACHE_DIR=str(mine)))
+    assert not mine.exists()
+    assert any(theirs.iterdir())
+    again = json.loads(_python(code, MIXLAB_CACHE_DIR=str(mine)))
+    assert again["source"] == "disk"

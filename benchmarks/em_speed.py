@@ -15,6 +15,15 @@ the full-covariance E- and M-steps) and is set against this machine's float64
 matrix-product rate measured in the same run.
 
 Run: ``python benchmarks/em_speed.py`` (``--quick`` for small sizes).
+
+``--device auto`` (or ``cpu``, ``gpu``, ``tpu``) prints the device table
+instead: milliseconds per iteration over a ``--iters``-iteration fit from the
+same start, second call (compile excluded), for mixlab in float64 and float32
+(wall: from the NumPy data to the returned result; engine: the compiled EM
+loop alone), gmmx in float32, a pure-JAX floor of two matrix products per
+iteration (the E-step's quadratic forms and the M-step's scatter matrices,
+``4 N K D^2`` flops), and scikit-learn on the host CPU; the final
+log-likelihoods show the work was equal.
 """
 
 from __future__ import annotations
@@ -169,6 +178,86 @@ def measure_memory() -> str:
     )
 
 
+DEVICE_CASES = [(100_000, 8, 2), (100_000, 16, 16), (1_000_000, 16, 32), (4_000_000, 16, 32)]
+
+
+def run_mixlab_timed(X, start, iters, **em_options):
+    """(wall s, engine s, log-likelihood) of the second of two identical fits."""
+    method = ml.EM(init=start, tol=0.0, max_iter=iters, **em_options)
+    ml.fit(X, len(start["weights"]), method=method)  # compile
+    t = time.perf_counter()
+    result = ml.fit(X, len(start["weights"]), method=method)
+    wall = time.perf_counter() - t
+    assert result.n_iter == iters, (result.n_iter, iters)
+    return wall, result.elapsed, result.log_likelihood
+
+
+def two_matmul_floor(X, start, iters, dtype) -> float:
+    """Seconds of ``iters`` iterations of the two matrix products EM cannot avoid."""
+    import jax.numpy as jnp
+
+    n, d = X.shape
+    k = len(start["weights"])
+
+    def body(_, a):
+        y = (x @ a).reshape(n, k, d)  # N x D times D x KD: every x' P_k
+        r = jax.nn.softmax(-0.5 * jnp.sum(y * y, axis=-1), axis=1)
+        s = (r[:, :, None] * x[:, None, :]).reshape(n, k * d).T @ x  # KD x N times N x D
+        return a + 1e-12 * s.reshape(k, d, d).transpose(1, 0, 2).reshape(d, k * d)
+
+    with jax.enable_x64(dtype == np.float64):
+        x = jnp.asarray(X, dtype)
+        a0 = jnp.tile(jnp.eye(d, dtype=dtype), (1, k))
+        run = jax.jit(lambda a: jax.lax.fori_loop(0, iters, body, a))
+        jax.block_until_ready(run(a0))
+        return min(_timed(lambda: jax.block_until_ready(run(a0))) for _ in range(2))
+
+
+def device_table(args) -> None:
+    backend = jax.default_backend() if args.device == "auto" else args.device
+    device = jax.devices(backend)[0]
+    iters = args.iters or (20 if backend != "cpu" else 3)
+    cases = (
+        DEVICE_CASES if not args.cases else [DEVICE_CASES[int(i)] for i in args.cases.split(",")]
+    )
+    print(
+        f"device: {device.device_kind} ({backend}), jax {jax.__version__}; host "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"ms per iteration over {iters} iterations, second call"
+    )
+    header = (
+        f"{'N':>9} {'K':>3} {'D':>3} | {'f64 wall':>9} {'(engine)':>9} {'f32 wall':>9} "
+        f"{'(engine)':>9} {'wall/eng':>8} | {'gmmx f32':>9} {'f32/gmmx':>8} | "
+        f"{'floor f32':>9} {'floor f64':>9} | {'sklearn':>9} | {'ll f64':>15} {'f32 rel':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    per = 1e3 / iters
+    with jax.default_device(device):
+        for n, k, d in cases:
+            X, start = make_data(n, k, d)
+            X32 = X.astype(np.float32)
+            w64, e64, ll64 = run_mixlab_timed(X, start, iters)
+            w32, e32, ll32 = run_mixlab_timed(
+                X32, start, iters, matmul_precision=args.matmul_precision
+            )
+            gm = run_gmmx(X, start, iters)
+            g_s = gm[0] if gm is not None else float("nan")
+            f32 = two_matmul_floor(X, start, iters, np.float32)
+            f64 = two_matmul_floor(X, start, iters, np.float64)
+            sk = float("nan")
+            if n * k * d * d <= args.sklearn_max_work:
+                sk_iters = max(1, min(iters, 3))
+                sk = run_sklearn(X, start, sk_iters)[0] / sk_iters * iters
+            print(
+                f"{n:>9} {k:>3} {d:>3} | {w64 * per:>9.2f} {e64 * per:>9.2f} {w32 * per:>9.2f} "
+                f"{e32 * per:>9.2f} {w32 / e32:>8.2f} | {g_s * per:>9.2f} {g_s / w32:>7.2f}x | "
+                f"{f32 * per:>9.2f} {f64 * per:>9.2f} | {sk * per:>9.1f} | "
+                f"{ll64:>15.6f} {abs(ll32 - ll64) / abs(ll64):>8.1e}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
@@ -178,7 +267,29 @@ def main() -> None:
     parser.add_argument(
         "--cases", type=str, default=None, help="comma-separated case indices to run (default: all)"
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu", "tpu"),
+        default=None,
+        help="print the per-iteration device table (mixlab f64/f32, gmmx, floor, sklearn)",
+    )
+    parser.add_argument("--iters", type=int, default=None, help="iterations (device table)")
+    parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=("highest", "high", "default"),
+        help="mixlab float32 matmul precision (device table)",
+    )
+    parser.add_argument(
+        "--sklearn-max-work",
+        type=float,
+        default=2e10,
+        help="skip scikit-learn above this N*K*D^2 (device table)",
+    )
     args = parser.parse_args()
+    if args.device:
+        device_table(args)
+        return
     if args.memory_probe:
         memory_probe()
         return

@@ -9,13 +9,20 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import jax
 import numpy as np
 
 
-def check_data(X: Any, dtype: np.dtype, name: str = "X", min_samples: int = 1) -> np.ndarray:
+def check_data(
+    X: Any, dtype: np.dtype, name: str = "X", min_samples: int = 1, values: bool = True
+) -> Any:
     """Validate data and return a fresh 2-D array of ``dtype``.
 
     1-D input is one feature: shape ``(n_samples,)`` becomes ``(n_samples, 1)``.
+    With ``values=False`` only the type and shape are checked, nothing is
+    copied on the host (a JAX array stays a JAX array, converted to ``dtype``
+    on its device), and the caller checks the values where the data are
+    (:mod:`mixlab.em.data`).
 
     Raises
     ------
@@ -27,6 +34,8 @@ def check_data(X: Any, dtype: np.dtype, name: str = "X", min_samples: int = 1) -
     """
     if X is None:
         raise TypeError(f"{name} is None; pass an array of shape (n_samples, n_features)")
+    if not values and isinstance(X, jax.Array):
+        return _check_device_array(X, dtype, name, min_samples)
     if hasattr(X, "to_numpy") and callable(X.to_numpy):  # pandas DataFrame / Series
         X = X.to_numpy()
     try:
@@ -57,6 +66,9 @@ def check_data(X: Any, dtype: np.dtype, name: str = "X", min_samples: int = 1) -
         raise ValueError(
             f"{name} is empty (shape {arr.shape}); it needs at least one sample and one feature"
         )
+    if not values:
+        _check_rows(arr.shape[0], name, min_samples)
+        return np.asarray(arr, dtype=dtype)
     # np.array(copy=True) so the caller's array is never aliased.
     out = np.array(arr, dtype=dtype, copy=True)
     bad = ~np.isfinite(out)
@@ -75,12 +87,42 @@ def check_data(X: Any, dtype: np.dtype, name: str = "X", min_samples: int = 1) -
             f"{name} contains {what} in column {col_txt} ({len(rows)} row(s), first at row "
             f"{rows[0]}); drop or impute those rows before fitting"
         )
-    if out.shape[0] < min_samples:
+    _check_rows(out.shape[0], name, min_samples)
+    return out
+
+
+def _check_rows(n_rows: int, name: str, min_samples: int) -> None:
+    if n_rows < min_samples:
         raise ValueError(
-            f"{name} has {out.shape[0]} sample(s) but n_components={min_samples}; "
+            f"{name} has {n_rows} sample(s) but n_components={min_samples}; "
             "use fewer components or more data"
         )
-    return out
+
+
+def _check_device_array(X: Any, dtype: np.dtype, name: str, min_samples: int) -> Any:
+    """Type and shape checks of a JAX array, which stays on its device."""
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_) or np.issubdtype(
+        X.dtype, np.complexfloating
+    ):
+        raise TypeError(f"{name} must be numeric (floats or ints), got dtype {X.dtype}")
+    if X.ndim == 0:
+        raise ValueError(f"{name} is a scalar; pass an array of shape (n_samples, n_features)")
+    if X.ndim == 1:
+        X = X.reshape(-1, 1)
+    if X.ndim != 2:
+        raise ValueError(
+            f"{name} has {X.ndim} dimensions (shape {X.shape}); expected 2: "
+            "(n_samples, n_features). Reshape it, e.g. X.reshape(len(X), -1)"
+        )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty (shape {X.shape}); it needs at least one sample and one feature"
+        )
+    _check_rows(X.shape[0], name, min_samples)
+    if X.dtype != dtype:
+        with jax.enable_x64(dtype == np.float64):
+            X = X.astype(dtype)
+    return X
 
 
 def check_int(value: Any, name: str, minimum: int | None = None) -> int:

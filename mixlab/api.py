@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mixlab._jaxutil import KeyLike, as_key, resolve_dtype
 from mixlab._validation import check_data, check_int, check_sample_weight
+from mixlab.em.data import on_device
 from mixlab.em.driver import EMStatus, fit_em
 from mixlab.families import Family, get_family
 from mixlab.methods import EM, NUTS, SVI, Method
@@ -220,8 +222,17 @@ def fit(
     if isinstance(method, EM):
         method.check_for(fam)
     dt = resolve_dtype(dtype, X)
-    data = check_data(X, dt, min_samples=n_components)
-    fam.check_data(data)
+    # EM checks large data and JAX arrays where they are (mixlab.em.data): one transfer,
+    # no host copy; small NumPy data are checked and copied here.
+    device = isinstance(method, EM) and on_device(X)
+    data = check_data(X, dt, min_samples=n_components, values=not device)
+    if device:
+        with jax.enable_x64(dt == np.float64):
+            # A copy even on a CPU, where jnp.asarray could alias the caller's memory: the
+            # result keeps these data.  One transfer; no other full copy is made.
+            data = jnp.array(data, dt, copy=True)
+    else:
+        fam.check_data(data)
     weights = None
     if sample_weight is not None:
         weights = check_sample_weight(sample_weight, data.shape[0], dt)

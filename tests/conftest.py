@@ -21,16 +21,20 @@ settings.register_profile("mixlab", derandomize=True, database=None)
 settings.load_profile("mixlab")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Compiled programs persist in a directory of this test process (each xdist worker its
-# own: JAX writes cache entries non-atomically), which the subprocesses it starts (CLI,
-# examples) share; the user's own cache directory is never touched.
-_CACHE = tempfile.mkdtemp(prefix="mixlab-test-cache-")
-os.environ["MIXLAB_CACHE_DIR"] = _CACHE
+# own: JAX writes cache entries non-atomically), which the subprocesses it starts (CLI)
+# share; the per-user cache directory is never touched.  An explicit MIXLAB_CACHE_DIR
+# is kept (to time a warm run, say).
+_CACHE = None
+if "MIXLAB_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="mixlab-test-cache-")
+    os.environ["MIXLAB_CACHE_DIR"] = _CACHE
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    if _CACHE is not None:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

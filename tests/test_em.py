@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 
 import mixlab as ml
+from mixlab.em import data as em_data
 from mixlab.errors import ConvergenceWarning, FitError
 
 PARITY_X = blobs(400, 3, 3, seed=11)
@@ -87,9 +88,14 @@ def test_trace_never_decreases(seed, covariance_type):
 
 
 def test_auto_formulation_is_expanded_only_where_its_rounding_is_harmless():
-    choose_formulation = ml.families.Gaussian().choose_formulation
+    family = ml.families.Gaussian()
     X = blobs(100, 2, 2)
     Xc = X - X.mean(0)
+
+    def choose_formulation(requested, Xc, reg):
+        summary, _ = em_data.summarize(Xc, None, family)  # the data the driver sees
+        return family.choose_formulation(requested, summary, reg)
+
     assert choose_formulation("auto", Xc, 1e-6) == "expanded"
     assert choose_formulation("auto", Xc, 0.0) == "centred"  # exact EM stays exact
     assert choose_formulation("auto", Xc.astype(np.float32), 1e-6) == "centred"

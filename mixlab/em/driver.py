@@ -38,6 +38,14 @@ import numpy as np
 
 from mixlab._jaxutil import CompiledCache, Progress, tiny
 from mixlab.em.collapse import collapse_flags
+from mixlab.em.data import (
+    chunk_layout,
+    chunked,
+    free_device_memory,
+    on_device,
+    platform_of,
+    summarize,
+)
 from mixlab.em.init import initial_params, pooled_params
 from mixlab.em.steps import e_pass, m_step_from_pass, objectives, worst_row
 from mixlab.errors import ConvergenceWarning, FitError
@@ -46,11 +54,6 @@ from mixlab.params import MixtureParams
 
 Array = jax.Array
 
-#: Bytes of one chunk's widest per-row intermediate (:meth:`Family.work_width`
-#: values per row).  Measured on a 2-core AVX2 machine: 1-4 MiB chunks stay in
-#: cache and run 1.2-2x faster than one big chunk (see benchmarks/em_speed.py).
-CHUNK_BYTES = 4 * 2**20
-MIN_CHUNK = 256
 #: Row features are computed once per fit when they take at most this many
 #: bytes, else recomputed per chunk each iteration (about 10-20 % slower).
 FEATURE_CACHE_BYTES = 2**30
@@ -81,13 +84,14 @@ class EMSettings(NamedTuple):
 
     family: Family
     n_components: int
-    max_iter: int
+    capacity: int  # length of the trace buffers: above max_iter (a runtime argument)
     hard: bool = False
     record_params: bool = False
     fixed: tuple[str, ...] = ()
     init: str | None = None  # None: explicit starting parameters are passed in
     formulation: str = "centred"
     precompute_features: bool = False  # row features once per fit
+    matmul_precision: str = "highest"  # jax.default_matmul_precision while lowering
     progress_every: int = 0  # report iterations to a progress bar every n (0: never)
 
     @property
@@ -109,8 +113,8 @@ class EMState(NamedTuple):
     objective: Array  # objective at the parameters before the latest M-step
     status: Array  # EMStatus
     bad_component: Array  # component that broke the last M-step, or -1
-    trace: Array  # (max_iter + 1,) objective per iteration
-    params_trace: MixtureParams | None  # leading axis max_iter + 1, when recorded
+    trace: Array  # (capacity,) objective per iteration
+    params_trace: MixtureParams | None  # leading axis capacity, when recorded
     collapse_kind: Array  # 0: weight below one point, 1: degenerate, 2: bad start, -1: none
     n_reinit: Array  # reinitialisations so far
     reinit_log: Array  # (max_reinit, 2): iteration and component of each reinitialisation
@@ -166,6 +170,7 @@ def run_em(
     W3: Array | None,
     n_samples: Array,
     tol: Array,
+    max_iter: Array,
     reg: Array,
     data_var: Array,
     policy: Array,
@@ -175,7 +180,9 @@ def run_em(
 ) -> EMOutput:
     """Run EM from ``params0`` until the stopping rule holds (pure, jittable).
 
-    ``n_samples`` is the total row weight; ``policy`` indexes
+    ``n_samples`` is the total row weight; ``max_iter`` (at most
+    ``settings.capacity - 1``) an int32 scalar, so that fits differing only in
+    it share a program; ``policy`` indexes
     :data:`COLLAPSE_POLICIES` (an int32 scalar); ``pooled`` is the whole
     data's fit that collapsed components restart from (computed here if not
     given: pass it to share it between restarts).  Under ``vmap`` over
@@ -185,11 +192,11 @@ def run_em(
     family, n_components = settings.family, settings.n_components
     formulation = settings.formulation
     dtype = X3.dtype
-    trace0 = jnp.full(settings.max_iter + 1, jnp.nan, dtype)
+    trace0 = jnp.full(settings.capacity, jnp.nan, dtype)
     ptrace0 = None
     if settings.record_params:
         ptrace0 = jax.tree_util.tree_map(
-            lambda a: jnp.zeros((settings.max_iter + 1, *a.shape), a.dtype).at[0].set(a), params0
+            lambda a: jnp.zeros((settings.capacity, *a.shape), a.dtype).at[0].set(a), params0
         )
     prepared0 = family.prepare(params0.components, formulation)
     # A start that is degenerate already (only possible with reg_covar=0 on data with
@@ -311,7 +318,7 @@ def run_em(
                 bad >= 0,
                 still_collapsed,
                 (jnp.abs(change) < tol) & ~restarted,
-                n_iter >= settings.max_iter,
+                n_iter >= max_iter,
             ],
             [
                 EMStatus.NONFINITE,
@@ -327,7 +334,7 @@ def run_em(
         ptrace = state.params_trace
         if ptrace is not None:
             ptrace = jax.tree_util.tree_map(lambda buf, p: buf.at[n_iter].set(p), ptrace, params)
-        Progress.report(state.n_iter, settings.progress_every, settings.max_iter)
+        Progress.report(state.n_iter, settings.progress_every, max_iter)
         culprit = jnp.where(bad >= 0, bad, jnp.where(still_collapsed, k, state.bad_component))
         return EMState(
             params=params,
@@ -370,6 +377,7 @@ def _program(
     W3: Array | None,
     n_samples: Array,
     tol: Array,
+    max_iter: Array,
     reg: Array,
     data_var: Array,
     policy: Array,
@@ -402,6 +410,7 @@ def _program(
             W3,
             n_samples,
             tol,
+            max_iter,
             reg,
             data_var,
             policy,
@@ -416,33 +425,11 @@ def _program(
 _PROGRAMS = CompiledCache(size=32)
 
 
-def chunk_layout(n_samples: int, row_bytes: int, chunk_size: int | None) -> tuple[int, int]:
-    """``(n_chunks, chunk)``: balanced chunks of at most ``chunk_size`` rows.
-
-    By default a chunk's widest intermediate (``row_bytes`` per row) takes
-    about :data:`CHUNK_BYTES`.  Padding is under one row per chunk.
-    """
-    if chunk_size is None:
-        chunk_size = max(MIN_CHUNK, CHUNK_BYTES // max(row_bytes, 1))
-    n_chunks = -(-n_samples // min(chunk_size, n_samples))
-    return n_chunks, -(-n_samples // n_chunks)
-
-
-def to_chunks(
-    X: np.ndarray, n_chunks: int, chunk: int, row_weight: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Zero-pad ``X`` to ``n_chunks * chunk`` rows and reshape; ``W3`` holds the row
-    weights, zero on padding (``None`` when there is neither padding nor weights)."""
-    n_samples, n_features = X.shape
-    pad = n_chunks * chunk - n_samples
-    if pad == 0 and row_weight is None:
-        return X.reshape(n_chunks, chunk, n_features), None
-    X3 = np.concatenate([X, np.zeros((pad, n_features), X.dtype)]).reshape(
-        n_chunks, chunk, n_features
-    )
-    w = np.ones(n_samples, X.dtype) if row_weight is None else row_weight.astype(X.dtype)
-    W3 = np.concatenate([w, np.zeros(pad, X.dtype)])
-    return X3, W3.reshape(n_chunks, chunk)
+def trace_capacity(max_iter: int) -> int:
+    """Length of the trace buffers for ``max_iter`` iterations: a power of two
+    (at least 16) above ``max_iter``, so that fits with nearby ``max_iter`` share
+    one compiled program (a sweep over ``max_iter`` compiles a few, not one each)."""
+    return max(16, 1 << int(max_iter).bit_length())
 
 
 class EMRun(NamedTuple):
@@ -511,17 +498,6 @@ def restart_keys(key: Array, n_init: int) -> Array:
     return jnp.concatenate([key[None], rest])
 
 
-def _weighted_mean_var(X: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    if w is None:
-        mean = X.mean(axis=0, dtype=np.float64)
-        return mean, X.var(axis=0, dtype=np.float64)
-    w64 = w.astype(np.float64)
-    total = w64.sum()
-    mean = (w64 @ X.astype(np.float64)) / total
-    var = (w64 @ np.square(X.astype(np.float64) - mean)) / total
-    return mean, var
-
-
 def fit_em(
     X: np.ndarray,
     n_components: int,
@@ -540,31 +516,42 @@ def fit_em(
     chunk_size: int | None = None,
     formulation: str = "auto",
     on_collapse: str = "reinit",
+    matmul_precision: str = "highest",
     progress: bool = False,
 ) -> EMRun:
-    """Fit by EM with ``n_init`` batched restarts; ``X`` is a validated 2-D array.
+    """Fit by EM with ``n_init`` batched restarts.
+
+    ``X`` is a 2-D array of the computation dtype: NumPy (values validated
+    already) or a JAX array, whose values are checked on its device
+    (:mod:`mixlab.em.data`), which also sets the row chunks by backend.
 
     ``sample_weight`` (validated, or ``None``) are frequency weights; rows of
     weight zero are left out, exactly as if they were not there.  Runs under
     float64 when ``X`` is float64.  Raises :class:`FitError` when no restart
     produced finite, valid parameters.
     """
-    dtype = X.dtype
+    dtype = np.dtype(X.dtype)
     if sample_weight is not None:
         keep = sample_weight > 0
         if not keep.all():
-            X, sample_weight = X[keep], sample_weight[keep]
+            sample_weight = sample_weight[keep]
+            X = jnp.take(X, jnp.asarray(np.flatnonzero(keep)), axis=0) if on_device(X) else X[keep]
     n_samples, n_features = X.shape
-    mean, var = _weighted_mean_var(X, sample_weight)
-    shift = mean.astype(dtype) if family.location else np.zeros(n_features, dtype)
-    centred_X = X - shift if family.location else X
-    dominated = family.check_fit_data(centred_X, reg_covar)
-    formulation = family.choose_formulation(formulation, centred_X, reg_covar)
+    with jax.enable_x64(dtype == np.float64):
+        summary, shift = summarize(X, sample_weight, family)
+    dominated = family.check_fit_data(summary, reg_covar)
+    formulation = family.choose_formulation(formulation, summary, reg_covar)
     width = family.work_width(n_components, n_features, formulation)
     n_features_row = family.row_feature_width(n_features, formulation)
     precompute = 0 < n_samples * n_features_row * dtype.itemsize <= FEATURE_CACHE_BYTES
-    n_chunks, chunk = chunk_layout(n_samples, width * dtype.itemsize, chunk_size)
-    X3, W3 = to_chunks(centred_X, n_chunks, chunk, sample_weight)
+    platform = platform_of(X)
+    n_chunks, chunk = chunk_layout(
+        n_samples,
+        width * dtype.itemsize,
+        chunk_size,
+        platform,
+        None if platform == "cpu" else free_device_memory(X),
+    )
 
     if isinstance(init, MixtureParams):
         start = init.astype(dtype)
@@ -577,30 +564,34 @@ def fit_em(
     settings = EMSettings(
         family=family,
         n_components=n_components,
-        max_iter=max_iter,
+        capacity=trace_capacity(max_iter),
         hard=hard,
         record_params=record_params,
         fixed=tuple(sorted(fixed)),
         init=init_method,
         formulation=formulation,
         precompute_features=precompute,
+        matmul_precision=matmul_precision,
         progress_every=Progress.every(max_iter, progress),
     )
     total_weight = n_samples if sample_weight is None else float(sample_weight.sum())
     with jax.enable_x64(dtype == np.float64):
+        X3, W3 = chunked(X, sample_weight, shift, n_chunks, chunk)
         args = (
             jax.tree_util.tree_map(jnp.asarray, starts),
-            jnp.asarray(X3),
-            None if W3 is None else jnp.asarray(W3),
+            X3,
+            W3,
             jnp.asarray(total_weight, dtype),
             jnp.asarray(tol, dtype),
+            jnp.asarray(max_iter, jnp.int32),
             jnp.asarray(reg_covar, dtype),
-            jnp.asarray(var, dtype),
+            jnp.asarray(summary.var, dtype),
             jnp.asarray(COLLAPSE_POLICIES.index(on_collapse), jnp.int32),
         )
-        compiled, compile_time, compile_source = _PROGRAMS.get(
-            settings, functools.partial(_program, settings=settings), args
-        )
+        with jax.default_matmul_precision(matmul_precision):
+            compiled, compile_time, compile_source = _PROGRAMS.get(
+                settings, functools.partial(_program, settings=settings), args
+            )
         desc = f"EM ({len(starts) if init_method else 1} restart(s), iterations)"
         out, elapsed = Progress.run(compiled, args, max_iter, desc, progress)
         out = jax.tree_util.tree_map(np.asarray, out)

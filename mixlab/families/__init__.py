@@ -9,6 +9,7 @@ a family up with :func:`get_family` (``get_family("poisson")``,
 
 from mixlab.families.base import (
     DIMS,
+    DataSummary,
     Family,
     NoBayesianModel,
     ParamSpec,
@@ -40,6 +41,7 @@ __all__ = [
     "DIMS",
     "LAYOUTS",
     "Bernoulli",
+    "DataSummary",
     "DiagGaussian",
     "Family",
     "FullGaussian",

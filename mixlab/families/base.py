@@ -58,6 +58,23 @@ import numpy as np
 
 Array = jax.Array
 
+
+class DataSummary(NamedTuple):
+    """What the EM driver learns about the data before compiling (host values).
+
+    Computed in one pass where the data are (on the device for large data or
+    data given as JAX arrays), so families decide on formulations and checks
+    without a host copy of the data.
+    """
+
+    n_samples: int
+    n_features: int
+    dtype: np.dtype
+    mean: np.ndarray  # (D,) weighted column means
+    var: np.ndarray  # (D,) weighted column variances
+    max_abs: float  # largest |x - shift| over the rows (shift: the mean for location families)
+
+
 _REGISTRY: dict[str, type[Family]] = {}
 
 #: Dimension names of parameter axes (ArviZ coordinates): ``component`` is K,
@@ -269,18 +286,33 @@ class Family(ABC):
                 raise ValueError(f"{where}{comp} = {value[idx]:.6g} must be {need}")
 
     def check_data(self, X: np.ndarray, name: str = "X") -> None:  # noqa: B027 (optional hook)
-        """Raise ``ValueError`` for data the family cannot model (default: any finite data)."""
+        """Raise ``ValueError`` for data the family cannot model (default: any finite data).
+
+        Runs on host (NumPy) data; a family that restricts its data should also
+        define :meth:`invalid_values`, the same test in JAX, so that large data and
+        data already on a device are checked where they are (this method then
+        only words the error).
+        """
+
+    def invalid_values(self, X: Array) -> Array | None:
+        """Pure JAX: ``(n, D)`` booleans, true where ``X`` holds a value the family
+        cannot model (``None``: any finite value is fine, the default).
+
+        When a family restricts its data (:meth:`check_data`) but returns ``None``
+        here, data on a device are copied to the host to be checked.
+        """
+        return None
 
     def min_points(self, n_features: int) -> int:
         """Points a component needs to start non-degenerate (its rows at initialisation)."""
         return 1
 
-    def check_fit_data(self, centred_X: np.ndarray, reg: float) -> list[int]:
-        """Checks of the (centred, for location families) data against the fit's
-        settings; returns features to report in ``diagnostics["reg_covar_dominates"]``."""
+    def check_fit_data(self, summary: DataSummary, reg: float) -> list[int]:
+        """Checks of the data (their :class:`DataSummary`) against the fit's settings;
+        returns features to report in ``diagnostics["reg_covar_dominates"]``."""
         return []
 
-    def choose_formulation(self, requested: str, centred_X: np.ndarray, reg: float) -> str:
+    def choose_formulation(self, requested: str, summary: DataSummary, reg: float) -> str:
         """Resolve ``"auto"`` to one of :attr:`formulations` for these data."""
         if requested == "auto":
             return self.formulations[0]

@@ -54,6 +54,9 @@ class Bernoulli(Family):
     def check_data(self, X: np.ndarray, name: str = "X") -> None:
         check_values(X, (X != 0) & (X != 1), name, "Bernoulli", "binary values (0 or 1)")
 
+    def invalid_values(self, X):
+        return (X != 0) & (X != 1)
+
     # ---------------------------------------------------------------- pure JAX
     def prepare(self, components, formulation="centred"):
         probs = components["probs"]

@@ -106,7 +106,7 @@ class Gaussian(LocationScale, Family):
     def check_components(self, components):
         self.layout.check(np.asarray(components["covariances"]))
 
-    def choose_formulation(self, requested: str, centred_X: np.ndarray, reg: float) -> str:
+    def choose_formulation(self, requested, summary, reg):
         """Resolve ``"auto"``: expanded (fast) where its rounding is harmless, else centred.
 
         The expanded M-step forms a variance as ``E[x^2] - mean^2`` and loses
@@ -115,9 +115,9 @@ class Gaussian(LocationScale, Family):
         """
         if requested != "auto":
             return requested
-        if centred_X.dtype != np.float64:
+        if summary.dtype != np.float64:
             return "centred"
-        worst = float(np.finfo(np.float64).eps) * float(np.max(np.square(centred_X)))
+        worst = float(np.finfo(np.float64).eps) * summary.max_abs**2
         return "expanded" if worst <= EXPANDED_MAX_REL_ERROR * reg else "centred"
 
     def work_width(self, n_components: int, n_features: int, formulation: str) -> int:

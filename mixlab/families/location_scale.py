@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixlab.errors import DataScaleWarning
-from mixlab.families.base import PriorSite, Standardisation, weighted_mean_sd
+from mixlab.families.base import DataSummary, PriorSite, Standardisation, weighted_mean_sd
 from mixlab.families.covariance import Layout
 
 Array = jax.Array
@@ -58,7 +58,7 @@ def covariance_collapsed(
     return finite & (smallest <= COLLAPSE_REL_VARIANCE[np.dtype(data_var.dtype)])
 
 
-def check_location_scale(centred_X: np.ndarray, reg_covar: float) -> list[int]:
+def check_location_scale(summary: DataSummary, reg_covar: float) -> list[int]:
     """Refuse data whose squares overflow; flag features that ``reg_covar`` dominates.
 
     Returns the features whose variance is below ``reg_covar`` (every
@@ -69,15 +69,15 @@ def check_location_scale(centred_X: np.ndarray, reg_covar: float) -> list[int]:
     data in tiny units.  A deliberate large ``reg_covar`` (scikit-learn users
     set 0.1 on unit-scale data) stays silent.
     """
-    dtype = centred_X.dtype
+    dtype = summary.dtype
     limit = float(np.sqrt(np.finfo(dtype).max)) / 1e4
-    biggest = float(np.max(np.abs(centred_X)))
+    biggest = summary.max_abs
     if biggest > limit:
         raise ValueError(
             f"X deviates from its mean by up to {biggest:.3g}: squares overflow {dtype}; "
             "rescale the data (e.g. divide each column by its standard deviation)"
         )
-    var = centred_X.var(axis=0, dtype=np.float64)
+    var = summary.var
     varying = var > 0
     if reg_covar <= 0 or not varying.any():
         return []
@@ -149,8 +149,8 @@ class LocationScale:
     def min_points(self, n_features: int) -> int:
         return self.layout.min_points(n_features)
 
-    def check_fit_data(self, centred_X: np.ndarray, reg: float) -> list[int]:
-        return check_location_scale(centred_X, reg)
+    def check_fit_data(self, summary, reg):
+        return check_location_scale(summary, reg)
 
     def precision_cholesky(self, covariances: Array) -> Array:
         return self.layout.precision_cholesky(covariances)

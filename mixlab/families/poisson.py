@@ -41,6 +41,9 @@ class Poisson(Family):
         bad = (X < 0) | (X != np.round(X))
         check_values(X, bad, name, "Poisson", "counts (non-negative integers)")
 
+    def invalid_values(self, X):
+        return (X < 0) | (X != jnp.round(X))
+
     # ---------------------------------------------------------------- pure JAX
     def prepare(self, components, formulation="centred"):
         rates = components["rates"]

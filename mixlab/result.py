@@ -180,6 +180,58 @@ class FitResult:
         ll = log_likelihood(X, self.params, sample_weight=sample_weight)
         return float(-2.0 * ll + 2.0 * self.n_parameters)
 
+    # ----------------------------------------------------------- uncertainty
+    def _information_inputs(self, X: Any, sample_weight: Any) -> tuple[Any, Any, tuple]:
+        if self.method != "em":
+            raise ValueError(
+                f"standard errors from the observed information are for EM fits; this is a "
+                f"{self.method.upper()} fit, whose posterior draws give its uncertainty "
+                "(result.posterior)"
+            )
+        if self.settings.get("assignment") == "hard":
+            raise ValueError(
+                "hard (classification) EM does not maximise the mixture likelihood, so its "
+                "observed information gives no standard errors; refit with assignment='soft'"
+            )
+        if X is None:
+            if self.data is None:
+                raise ValueError(
+                    "the result holds no data (e.g. loaded from a file saved without "
+                    "include_data=True); pass the fitted data as X"
+                )
+            X, sample_weight = self.data, self.sample_weight
+        return X, sample_weight, tuple(self.settings.get("fixed") or ())
+
+    def standard_errors(self, X: Any = None, sample_weight: Any = None) -> MixtureParams:
+        """Standard errors of the EM estimates from the observed information.
+
+        Minus the Hessian of the total log-likelihood (exact, by autodiff, in
+        float64) at the estimate, inverted; see :mod:`mixlab.uncertainty`.
+        Returns a :class:`MixtureParams` laid out as :attr:`params` that holds
+        standard errors (``.weights``, ``.means``, ``.covariances``, ``.rates``,
+        ...); fixed parameters have 0.  ``X`` (and ``sample_weight``) default
+        to the fitted data.
+
+        Raises
+        ------
+        FitError
+            The information is singular (a component with too few points, a
+            rate or probability on its boundary) or not positive definite (the
+            estimate is a saddle point); the message names the component.
+        """
+        from mixlab.uncertainty import standard_errors
+
+        X, sample_weight, fixed = self._information_inputs(X, sample_weight)
+        return standard_errors(self.params, X, sample_weight, fixed)
+
+    def covariance_of_estimates(self, X: Any = None, sample_weight: Any = None) -> Any:
+        """The full asymptotic covariance of the free EM estimates (an
+        :class:`~mixlab.uncertainty.EstimateCovariance`: ``names`` and ``matrix``)."""
+        from mixlab.uncertainty import covariance_of_estimates
+
+        X, sample_weight, fixed = self._information_inputs(X, sample_weight)
+        return covariance_of_estimates(self.params, X, sample_weight, fixed)
+
     # --------------------------------------------------------------- output
     def to_arviz(self, X: Any = None, feature_names: list[str] | None = None) -> Any:
         """The fit as an ``arviz.InferenceData``.

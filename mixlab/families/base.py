@@ -285,6 +285,11 @@ class Family(ABC):
                 comp = f" (component {idx[0]})" if s.per_component else ""
                 raise ValueError(f"{where}{comp} = {value[idx]:.6g} must be {need}")
 
+    def held_fixed(self) -> tuple[str, ...]:
+        """Parameters the family's options hold fixed (``StudentT(dofs=5)``: ``dofs``);
+        standard errors condition on them."""
+        return ()
+
     def check_data(self, X: np.ndarray, name: str = "X") -> None:  # noqa: B027 (optional hook)
         """Raise ``ValueError`` for data the family cannot model (default: any finite data).
 

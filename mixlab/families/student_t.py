@@ -113,6 +113,9 @@ class StudentT(LocationScale, Family):
     def fixed_dofs(self) -> float | None:
         return self._dofs
 
+    def held_fixed(self) -> tuple[str, ...]:
+        return () if self._dofs is None else ("dofs",)
+
     def options(self) -> dict[str, Any]:
         out: dict[str, Any] = {"covariance": self.layout.name}
         if self._dofs is not None:

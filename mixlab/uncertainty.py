@@ -1,0 +1,242 @@
+"""How sure is EM: standard errors from the observed information.
+
+The observed information is minus the Hessian of the total log-likelihood
+``sum_i w_i log sum_k pi_k p(x_i | theta_k)``, computed exactly by automatic
+differentiation (float64) at the EM estimate, in the mixture's free
+coordinates: the first ``K - 1`` weights (the last is one minus their sum),
+every element of each component parameter, and the upper triangle only of a
+symmetric matrix.  Its inverse is the asymptotic covariance of those
+coordinates; the delta method (here a linear map) gives it for every weight
+and both triangles.
+
+Why not an unconstrained parameterisation (softmax weights, Cholesky
+factors, log rates)?  At a maximum of the likelihood the gradient is zero, so
+the Hessian transforms as ``J^T H J`` under any smooth reparameterisation and
+the delta method gives exactly the same covariance in the original
+parameters.  Free coordinates need no per-family transform, so every family,
+a user's own included, gets standard errors from its ``log_prob`` alone.
+Where a parameter sits on its boundary (a Bernoulli probability of 0 or 1, a
+component with too few points) the information is singular in any
+parameterisation, and the error names the component.
+
+Parameters held fixed (``EM(fixed=...)`` or a family option such as
+``StudentT(dofs=5)``) are conditioned on: their standard error is 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixlab.density import mixture_log_prob
+from mixlab.errors import FitError
+from mixlab.families import Family
+from mixlab.params import MixtureParams
+
+Array = jax.Array
+
+#: Smallest eigenvalue of the (scaled) information, relative to its largest,
+#: below which the information counts as singular.
+SINGULAR_RTOL = 1e-10
+
+
+class EstimateCovariance(NamedTuple):
+    """Asymptotic covariance of the EM estimates.
+
+    Attributes
+    ----------
+    names : list of str
+        One label per free coordinate, e.g. ``"weights[0]"``,
+        ``"means[1, 0]"``, ``"covariances[0, 0, 1]"`` (upper triangle).
+    matrix : array of shape (n, n)
+        Covariance of those coordinates (inverse observed information).
+    """
+
+    names: list[str]
+    matrix: np.ndarray
+
+
+class _Coordinate(NamedTuple):
+    name: str  # "weights" or a component parameter
+    index: tuple[int, ...]  # element of that parameter
+    component: int  # component it belongs to (-1: shared)
+
+
+def _coordinates(params: MixtureParams, held: tuple[str, ...]) -> list[_Coordinate]:
+    """The free coordinates, in order: weights[:-1], then each free parameter."""
+    K, D = params.n_components, params.n_features
+    coords = []
+    if "weights" not in held:
+        coords += [_Coordinate("weights", (k,), k) for k in range(K - 1)]
+    for spec in params.family.param_specs():
+        if spec.name in held:
+            continue
+        shape = spec.shape(K, D)
+        for index in np.ndindex(*shape):
+            if spec.symmetric and index[-2] > index[-1]:
+                continue
+            coords.append(_Coordinate(spec.name, index, index[0] if spec.per_component else -1))
+    return coords
+
+
+def _groups(coords: list[_Coordinate]) -> tuple[tuple[str, int, int, tuple], ...]:
+    """Contiguous runs of coordinates per parameter: (name, start, stop, index arrays)."""
+    out = []
+    start = 0
+    for i in range(1, len(coords) + 1):
+        if i == len(coords) or coords[i].name != coords[start].name:
+            index = tuple(zip(*(c.index for c in coords[start:i]), strict=True))
+            out.append((coords[start].name, start, i, index))
+            start = i
+    return tuple(out)
+
+
+def _unpack(
+    theta: Array, base: MixtureParams, groups: tuple, symmetric: frozenset
+) -> MixtureParams:
+    """``base`` with the free coordinates set from ``theta`` (pure, differentiable)."""
+    values = {"weights": base.weights, **base.components}
+    for name, start, stop, index in groups:
+        idx = tuple(np.asarray(a) for a in index)
+        values[name] = values[name].at[idx].set(theta[start:stop])
+        if name in symmetric:  # the lower triangle mirrors the upper one
+            values[name] = values[name].at[(*idx[:-2], idx[-1], idx[-2])].set(theta[start:stop])
+        if name == "weights":
+            w = values["weights"]
+            values["weights"] = w.at[-1].set(1.0 - jnp.sum(w[:-1]))
+    weights = values.pop("weights")
+    return MixtureParams.trusted(weights, values, base.family)
+
+
+@functools.partial(jax.jit, static_argnames=("groups", "symmetric", "family"))
+def _hessian(
+    theta: Array,
+    weights: Array,
+    components: dict[str, Array],
+    X: Array,
+    row_weight: Array | None,
+    groups: tuple,
+    symmetric: frozenset,
+    family: Family,
+) -> tuple[Array, Array]:
+    base = MixtureParams.trusted(weights, components, family)
+
+    def total(t: Array) -> Array:
+        log_p = mixture_log_prob(X, _unpack(t, base, groups, symmetric))
+        return jnp.sum(log_p if row_weight is None else row_weight * log_p)
+
+    return jax.grad(total)(theta), jax.hessian(total)(theta)
+
+
+def _label(c: _Coordinate) -> str:
+    return f"{c.name}[{', '.join(map(str, c.index))}]"
+
+
+def observed_information(
+    params: MixtureParams,
+    X: Any,
+    sample_weight: Any = None,
+    fixed: tuple[str, ...] = (),
+) -> tuple[list[_Coordinate], np.ndarray, np.ndarray]:
+    """Free coordinates, the gradient and minus the Hessian of the total
+    log-likelihood at ``params`` (float64)."""
+    family = params.family
+    held = tuple(sorted({*fixed, *family.held_fixed()}))
+    coords = _coordinates(params, held)
+    if not coords:
+        raise ValueError("every parameter is held fixed: there is nothing to estimate")
+    symmetric = frozenset(s.name for s in family.param_specs() if s.symmetric)
+    with jax.enable_x64(True):
+        X = jnp.asarray(np.asarray(X, np.float64))
+        row_weight = None if sample_weight is None else jnp.asarray(sample_weight, jnp.float64)
+        p64 = params.astype(np.float64)
+        values = {"weights": p64.weights, **p64.components}
+        theta = jnp.asarray([np.asarray(values[c.name])[c.index] for c in coords])
+        grad, hess = _hessian(
+            theta,
+            jnp.asarray(p64.weights),
+            {k: jnp.asarray(v) for k, v in p64.components.items()},
+            X,
+            row_weight,
+            _groups(coords),
+            symmetric,
+            family,
+        )
+        return coords, np.asarray(grad), -np.asarray(hess)
+
+
+def _invert(info: np.ndarray, coords: list[_Coordinate]) -> np.ndarray:
+    """Inverse of the information, or a FitError naming the component it cannot see."""
+    if not np.all(np.isfinite(info)):
+        bad = coords[int(np.flatnonzero(~np.isfinite(info).all(axis=1))[0])]
+        raise FitError(_singular_message(bad, "is not finite"))
+    scale = np.sqrt(np.abs(np.diag(info)))
+    scale = np.where(scale > 0, scale, 1.0)
+    scaled = info / scale[:, None] / scale[None, :]
+    values, vectors = np.linalg.eigh(scaled)
+    bad = coords[int(np.argmax(np.abs(vectors[:, 0])))]
+    if values[0] < -SINGULAR_RTOL * values[-1]:
+        whose = f"component {bad.component}" if bad.component >= 0 else f"the shared {bad.name}"
+        raise FitError(
+            f"the observed information is not positive definite (direction of {_label(bad)}, "
+            f"{whose}): the estimate is not a maximum of the likelihood (a saddle point, or "
+            "EM stopped early); refit with a smaller tol or more restarts (n_init)"
+        )
+    if values[0] <= SINGULAR_RTOL * values[-1]:
+        raise FitError(_singular_message(bad, "is singular"))
+    inverse = (vectors / values) @ vectors.T
+    return inverse / scale[:, None] / scale[None, :]
+
+
+def _singular_message(c: _Coordinate, what: str) -> str:
+    whose = f"component {c.component}" if c.component >= 0 else f"the shared {c.name}"
+    return (
+        f"the observed information {what} (direction of {_label(c)}, {whose}): the data "
+        f"do not determine {whose}'s parameters (too few points in it, or a parameter "
+        "on its boundary such as a probability of 0 or 1); standard errors need a "
+        "maximum inside the parameter space: fit fewer components, hold that parameter "
+        "fixed, or use the posterior (SVI/NUTS)"
+    )
+
+
+def covariance_of_estimates(
+    params: MixtureParams, X: Any, sample_weight: Any = None, fixed: tuple[str, ...] = ()
+) -> EstimateCovariance:
+    """Inverse observed information of the free coordinates (see the module docstring)."""
+    coords, _, info = observed_information(params, X, sample_weight, fixed)
+    return EstimateCovariance([_label(c) for c in coords], _invert(info, coords))
+
+
+def standard_errors(
+    params: MixtureParams, X: Any, sample_weight: Any = None, fixed: tuple[str, ...] = ()
+) -> MixtureParams:
+    """Standard errors of every weight and parameter, laid out as ``params``.
+
+    The last weight's error comes from the delta method (it is one minus the
+    others); a symmetric matrix's lower triangle mirrors its upper one; fixed
+    parameters have error 0.  The result is a :class:`MixtureParams` holding
+    standard errors instead of values (``.weights``, ``.means``, ...).
+    """
+    coords, _, info = observed_information(params, X, sample_weight, fixed)
+    cov = _invert(info, coords)
+    variance = np.diag(cov)
+    p = params.astype(np.float64)
+    out = {"weights": np.zeros(p.n_components)}
+    out.update({k: np.zeros_like(np.asarray(v)) for k, v in p.components.items()})
+    symmetric = {s.name for s in p.family.param_specs() if s.symmetric}
+    for i, c in enumerate(coords):
+        out[c.name][c.index] = variance[i]
+        if c.name in symmetric:
+            out[c.name][(*c.index[:-2], c.index[-1], c.index[-2])] = variance[i]
+    w_free = [i for i, c in enumerate(coords) if c.name == "weights"]
+    if w_free:  # w_K = 1 - sum of the others: Var = 1' Cov 1
+        out["weights"][-1] = float(np.sum(cov[np.ix_(w_free, w_free)]))
+    weights = np.sqrt(out.pop("weights"))
+    return MixtureParams.trusted(weights, {k: np.sqrt(v) for k, v in out.items()}, p.family)
+
+
+__all__ = ["EstimateCovariance", "covariance_of_estimates", "standard_errors"]

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mixlab._jaxutil import KeyLike, as_key, resolve_dtype
@@ -228,9 +227,10 @@ def fit(
     data = check_data(X, dt, min_samples=n_components, values=not device)
     if device:
         with jax.enable_x64(dt == np.float64):
-            # A copy even on a CPU, where jnp.asarray could alias the caller's memory: the
-            # result keeps these data.  One transfer; no other full copy is made.
-            data = jnp.array(data, dt, copy=True)
+            # One transfer, and a copy even on a CPU (never an alias of the caller's
+            # memory: the result keeps these data); a JAX array stays as it is.
+            if not isinstance(data, jax.Array):
+                data = jax.device_put(np.asarray(data, dt), may_alias=False)
     else:
         fam.check_data(data)
     weights = None

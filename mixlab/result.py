@@ -224,6 +224,16 @@ class FitResult:
         X, sample_weight, fixed = self._information_inputs(X, sample_weight)
         return standard_errors(self.params, X, sample_weight, fixed)
 
+    def bootstrap(
+        self, n_boot: int = 200, kind: str = "nonparametric", key: KeyLike = 0, X: Any = None
+    ) -> Any:
+        """Refit on ``n_boot`` resampled data sets in one compiled program; see
+        :func:`mixlab.uncertainty.bootstrap`.  ``.standard_errors()`` of the
+        returned :class:`~mixlab.uncertainty.Bootstrap` are the bootstrap's."""
+        from mixlab.uncertainty import bootstrap
+
+        return bootstrap(self, n_boot, kind, key, X)
+
     def covariance_of_estimates(self, X: Any = None, sample_weight: Any = None) -> Any:
         """The full asymptotic covariance of the free EM estimates (an
         :class:`~mixlab.uncertainty.EstimateCovariance`: ``names`` and ``matrix``)."""

@@ -26,6 +26,7 @@ Parameters held fixed (``EM(fixed=...)`` or a family option such as
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -203,6 +204,31 @@ def _singular_message(c: _Coordinate, what: str) -> str:
     )
 
 
+#: A Newton step from the estimate larger than this many standard errors (in any
+#: coordinate) means EM stopped before the maximum: the errors are then warned about.
+STATIONARY_SE = 0.1
+
+
+def _check_stationary(coords: list[_Coordinate], grad: np.ndarray, cov: np.ndarray) -> None:
+    """Warn when the estimate is visibly short of the maximum (EM stopped early)."""
+    import warnings
+
+    from mixlab.errors import ConvergenceWarning
+
+    step = cov @ grad  # the Newton step to the maximum of the quadratic approximation
+    z = np.abs(step) / np.sqrt(np.diag(cov))
+    i = int(np.argmax(z))
+    if z[i] > STATIONARY_SE:
+        warnings.warn(
+            f"the estimate is not at a maximum of the likelihood: a Newton step moves "
+            f"{_label(coords[i])} by {z[i]:.2g} standard errors, so EM stopped early and "
+            "these standard errors describe a point short of the maximum; refit with a "
+            "smaller tol (e.g. EM(tol=1e-8, max_iter=1000))",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+
+
 def covariance_of_estimates(
     params: MixtureParams, X: Any, sample_weight: Any = None, fixed: tuple[str, ...] = ()
 ) -> EstimateCovariance:
@@ -221,9 +247,10 @@ def standard_errors(
     parameters have error 0.  The result is a :class:`MixtureParams` holding
     standard errors instead of values (``.weights``, ``.means``, ...).
     """
-    coords, _, info = observed_information(params, X, sample_weight, fixed)
+    coords, grad, info = observed_information(params, X, sample_weight, fixed)
     cov = _invert(info, coords)
     variance = np.diag(cov)
+    _check_stationary(coords, grad, cov)
     p = params.astype(np.float64)
     out = {"weights": np.zeros(p.n_components)}
     out.update({k: np.zeros_like(np.asarray(v)) for k, v in p.components.items()})
@@ -239,4 +266,131 @@ def standard_errors(
     return MixtureParams.trusted(weights, {k: np.sqrt(v) for k, v in out.items()}, p.family)
 
 
-__all__ = ["EstimateCovariance", "covariance_of_estimates", "standard_errors"]
+# ------------------------------------------------------------------ bootstrap
+BOOTSTRAP_KINDS = ("nonparametric", "weighted", "parametric")
+
+
+@dataclass(frozen=True, eq=False)
+class Bootstrap:
+    """Refits of an EM result on resampled data (see :func:`bootstrap`).
+
+    Attributes
+    ----------
+    kind : str
+    family : Family
+    draws : dict of str to array
+        ``weights`` and the family's parameters, leading axis ``n_boot``,
+        components in the EM result's order.
+    log_likelihood : array of shape (n_boot,)
+        Each refit's final log-likelihood on its own resampled data.
+    converged : bool array of shape (n_boot,)
+    """
+
+    kind: str
+    family: Family
+    draws: dict[str, np.ndarray]
+    log_likelihood: np.ndarray
+    converged: np.ndarray
+
+    def standard_errors(self) -> MixtureParams:
+        """Standard deviation of each parameter over the refits, laid out as the
+        EM parameters (a :class:`MixtureParams` holding standard errors)."""
+        sd = {k: np.std(v, axis=0, ddof=1) for k, v in self.draws.items()}
+        weights = sd.pop("weights")
+        return MixtureParams.trusted(weights, sd, self.family)
+
+
+def bootstrap(
+    result: Any,
+    n_boot: int = 200,
+    kind: str = "nonparametric",
+    key: Any = 0,
+    X: Any = None,
+    sample_weight: Any = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
+) -> Bootstrap:
+    """Refit an EM result on ``n_boot`` resampled data sets in one compiled program.
+
+    Every refit starts at the EM estimate and uses the fit's settings (tol,
+    max_iter, reg_covar, fixed parameters, collapse policy); the refits run
+    batched with ``vmap``.  Labels follow the EM estimate's (aligned by the
+    same matching as the posterior's, to be safe).
+
+    Parameters
+    ----------
+    result : FitResult
+        An EM fit (soft assignments).
+    n_boot : int
+    kind : {"nonparametric", "weighted", "parametric"}
+        ``"nonparametric"``: rows drawn with replacement (multinomial counts
+        as frequency weights, so no data are copied); ``"weighted"``: the
+        Bayesian bootstrap (Dirichlet weights, Rubin 1981; mclust's
+        weighted-likelihood bootstrap); ``"parametric"``: whole data sets
+        drawn from the fitted mixture.  With frequency weights the rows are
+        drawn in proportion to them.
+    key : int or jax.random key
+    X, sample_weight : optional
+        The data; by default the fitted data.
+    tol, max_iter : optional
+        Stopping rule of the refits; by default the fit's, tightened to at most
+        ``1e-7`` and at least 1000 iterations: a refit starts at the estimate,
+        where a loose ``tol`` would stop it before it moves (and understate the
+        spread).
+    """
+    from mixlab._jaxutil import as_key
+    from mixlab._validation import check_choice, check_float, check_int
+    from mixlab.align import apply_permutations, permutations_to_reference
+    from mixlab.em.driver import EMStatus, refit_em
+
+    n_boot = check_int(n_boot, "n_boot", minimum=2)
+    if max_iter is not None:
+        max_iter = check_int(max_iter, "max_iter", minimum=1)
+    check_choice(kind, "kind", BOOTSTRAP_KINDS)
+    X, sample_weight, fixed = result._information_inputs(X, sample_weight)
+    X = np.asarray(X, result.params.weights.dtype)
+    n = X.shape[0]
+    w0 = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    n_obs = round(float(w0.sum()))
+    keys = jax.random.split(as_key(key), 2)
+    rng = np.random.default_rng(np.asarray(keys[0]).tolist())  # the same key, the same draws
+    row_weights, data = None, None
+    if kind == "nonparametric":
+        row_weights = rng.multinomial(n_obs, w0 / w0.sum(), size=n_boot).astype(np.float64)
+    elif kind == "weighted":
+        g = rng.gamma(np.broadcast_to(w0, (n_boot, n)))
+        row_weights = g / g.sum(axis=1, keepdims=True) * w0.sum()
+    else:
+        data = np.stack(
+            [result.params.sample(jax.random.fold_in(keys[1], b), n_obs)[0] for b in range(n_boot)]
+        )
+    s = result.settings
+    params, lls, status, _ = refit_em(
+        result.params,
+        X,
+        row_weights=row_weights,
+        data=data,
+        tol=min(s.get("tol", 1e-3), 1e-7) if tol is None else check_float(tol, "tol", 0.0),
+        max_iter=max(s.get("max_iter", 100), 1000) if max_iter is None else max_iter,
+        reg_covar=s.get("reg_covar", 1e-6),
+        fixed=fixed,
+        formulation=s.get("formulation", "auto"),
+        on_collapse=s.get("on_collapse", "reinit"),
+        chunk_size=s.get("chunk_size"),
+    )
+    family = result.params.family
+    draws = {"weights": np.asarray(params.weights)}
+    draws.update({k: np.asarray(v) for k, v in params.components.items()})
+    perms = permutations_to_reference(draws, result.params, np.std(X, axis=0))
+    draws = apply_permutations(draws, perms, family)
+    return Bootstrap(kind, family, draws, lls, status == EMStatus.CONVERGED)
+
+
+__all__ = [
+    "BOOTSTRAP_KINDS",
+    "Bootstrap",
+    "EstimateCovariance",
+    "bootstrap",
+    "covariance_of_estimates",
+    "standard_errors",
+]

@@ -238,9 +238,10 @@ def device_table(args) -> None:
             X, start = make_data(n, k, d)
             X32 = X.astype(np.float32)
             w64, e64, ll64 = run_mixlab_timed(X, start, iters)
-            w32, e32, ll32 = run_mixlab_timed(
-                X32, start, iters, matmul_precision=args.matmul_precision
-            )
+            precision = {}  # the default is left out: older mixlab versions run this table too
+            if args.matmul_precision != "highest":
+                precision["matmul_precision"] = args.matmul_precision
+            w32, e32, ll32 = run_mixlab_timed(X32, start, iters, **precision)
             gm = run_gmmx(X, start, iters)
             g_s = gm[0] if gm is not None else float("nan")
             f32 = two_matmul_floor(X, start, iters, np.float32)

@@ -14,6 +14,31 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+#: Free parameters above which compare() leaves out EM's standard errors (the
+#: Hessian has this many squared entries); call result.standard_errors() directly.
+SE_MAX_PARAMETERS = 500
+
+
+def _em_standard_errors(em: FitResult, rows: list) -> tuple[list[float] | None, list[str]]:
+    """EM's standard errors per table row (``None`` where they cannot be had) and notes."""
+    import warnings
+
+    from mixlab.errors import ConvergenceWarning, FitError
+
+    if em.method != "em" or em.data is None or em.settings.get("assignment") == "hard":
+        return None, []
+    if em.n_parameters > SE_MAX_PARAMETERS:
+        return None, [f"EM standard errors left out ({em.n_parameters} parameters)."]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            se = em.standard_errors()
+    except FitError as exc:
+        return None, [f"EM standard errors unavailable: {exc}"]
+    notes = [f"EM standard errors: {w.message}" for w in caught[:1]]
+    return [float(_value(se, g)[i]) for _, g, i in rows], notes
+
+
 def parameter_names(result: FitResult) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
     """Row labels and array indices of every free parameter element, by parameter.
 
@@ -156,6 +181,9 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
         "parameter": [r[0] for r in rows],
         "em": [float(_value(em.params, g)[i]) for _, g, i in rows],
     }
+    em_se, se_note = _em_standard_errors(em, rows)
+    if em_se is not None:
+        table["em_se"] = em_se
     methods: list[dict[str, Any]] = [
         {
             "method": "em",
@@ -234,6 +262,14 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
                 f"{tag}: EM {verdict}: {len(outside)} of {len(rows)} parameters outside "
                 f"the {pct}% HDI ({shown})."
             )
+        if em_se is not None and not point_only:
+            ratio = np.asarray(sd) / np.asarray(em_se)
+            ratio = ratio[np.isfinite(ratio) & (np.asarray(em_se) > 0)]
+            if ratio.size:
+                lines.append(
+                    f"{tag}: posterior sd / EM standard error: median {np.median(ratio):.2f} "
+                    f"(range {ratio.min():.2f}-{ratio.max():.2f})."
+                )
         d = other.diagnostics
         methods.append(
             {
@@ -255,6 +291,6 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
         table=frame,
         methods=pd.DataFrame(methods).set_index("method"),
         agree=agree,
-        summary="\n".join(lines) if lines else "EM only: nothing to compare with.",
+        summary="\n".join([*lines, *se_note]) if lines else "EM only: nothing to compare with.",
         hdi_prob=hdi_prob,
     )

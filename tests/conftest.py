@@ -7,9 +7,7 @@ float64 results through its own scoped x64 handling.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 
 import matplotlib
 import pytest
@@ -20,21 +18,13 @@ matplotlib.use("Agg")
 settings.register_profile("mixlab", derandomize=True, database=None)
 settings.load_profile("mixlab")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Compiled programs persist in a directory of this test process (each xdist worker its
-# own: JAX writes cache entries non-atomically), which the subprocesses it starts (CLI)
-# share; the per-user cache directory is never touched.  An explicit MIXLAB_CACHE_DIR
-# is kept (to time a warm run, say).
-_CACHE = None
-if "MIXLAB_CACHE_DIR" not in os.environ:
-    _CACHE = tempfile.mkdtemp(prefix="mixlab-test-cache-")
-    os.environ["MIXLAB_CACHE_DIR"] = _CACHE
+# No persistent compilation cache in the tests (writing every program costs ~6% of
+# the suite and CI starts cold anyway); tests/test_process.py gives its processes
+# their own cache directories.  An explicit MIXLAB_CACHE_DIR is kept (to time a warm
+# run, say).
+os.environ.setdefault("MIXLAB_CACHE_DIR", "off")
 
 sys.path.insert(0, os.path.dirname(__file__))
-
-
-def pytest_unconfigure(config):
-    if _CACHE is not None:
-        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,12 +28,14 @@ def _sklearn_random_data(seed: int, covariance_type: str) -> np.ndarray:
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_default_fit_never_raises_on_sklearn_test_problems(covariance_type):
-    """15 data sets x 20 keys x every initialisation: a finite fit every time.
+    """15 data sets x 20 keys: a finite fit every time, with every initialisation for
+    the full type and with the default kmeans++ for the others (the whole sweep, every
+    type x every initialisation, is benchmarks/defaults_study.py).
 
     Before the new defaults, 8 of 300 kmeans++ fits of the full type raised here
     (a seed on an isolated point left a one-point component).
     """
-    for init in ml.em.INIT_METHODS:
+    for init in ml.em.INIT_METHODS if covariance_type == "full" else ("kmeans++",):
         for seed in range(15):
             X = _sklearn_random_data(seed, covariance_type)
             for key in range(20):
@@ -205,7 +207,7 @@ def test_sklearn_deliberately_bad_start_returns_an_unconverged_fit():
         ml.fit(X, 6, ml.EM(init=start, reg_covar=0, on_collapse="raise"), covariance="spherical")
 
 
-@pytest.mark.parametrize("init", ["kmeans++", "random"])
+@pytest.mark.parametrize("init", ["kmeans++"])
 def test_more_restarts_never_end_worse(init):
     """Restart 0 is the n_init=1 fit and the restarts of n_init=a are the first a of
     n_init=b, so the best log-likelihood can only grow with n_init (many keys)."""

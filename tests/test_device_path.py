@@ -40,11 +40,9 @@ def _count_data(family, seed=0):
     return np.r_[rng.random((150, 4)) < 0.2, rng.random((150, 4)) < 0.8].astype(float)
 
 
-CASES = [
+CASES = [  # one covariance layout each: the layouts share the data path
     ("gaussian", "full"),
-    ("gaussian", "diag"),
-    ("gaussian", "tied"),
-    ("student_t", "full"),
+    ("student_t", "diag"),
     ("poisson", None),
     ("bernoulli", None),
 ]

@@ -53,19 +53,7 @@ def check_data(
         )
     if arr.dtype.kind == "b":
         arr = arr.astype(dtype)
-    if arr.ndim == 0:
-        raise ValueError(f"{name} is a scalar; pass an array of shape (n_samples, n_features)")
-    if arr.ndim == 1:
-        arr = arr.reshape(-1, 1)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name} has {arr.ndim} dimensions (shape {arr.shape}); expected 2: "
-            "(n_samples, n_features). Reshape it, e.g. X.reshape(len(X), -1)"
-        )
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(
-            f"{name} is empty (shape {arr.shape}); it needs at least one sample and one feature"
-        )
+    arr = _as_2d(arr, name)
     if not values:
         _check_rows(arr.shape[0], name, min_samples)
         return np.asarray(arr, dtype=dtype)
@@ -91,6 +79,24 @@ def check_data(
     return out
 
 
+def _as_2d(arr: Any, name: str) -> Any:
+    """``arr`` (NumPy or JAX) as 2-D: one feature for 1-D input; errors for 0-D, 3-D+, empty."""
+    if arr.ndim == 0:
+        raise ValueError(f"{name} is a scalar; pass an array of shape (n_samples, n_features)")
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} has {arr.ndim} dimensions (shape {arr.shape}); expected 2: "
+            "(n_samples, n_features). Reshape it, e.g. X.reshape(len(X), -1)"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty (shape {arr.shape}); it needs at least one sample and one feature"
+        )
+    return arr
+
+
 def _check_rows(n_rows: int, name: str, min_samples: int) -> None:
     if n_rows < min_samples:
         raise ValueError(
@@ -105,19 +111,7 @@ def _check_device_array(X: Any, dtype: np.dtype, name: str, min_samples: int) ->
         X.dtype, np.complexfloating
     ):
         raise TypeError(f"{name} must be numeric (floats or ints), got dtype {X.dtype}")
-    if X.ndim == 0:
-        raise ValueError(f"{name} is a scalar; pass an array of shape (n_samples, n_features)")
-    if X.ndim == 1:
-        X = X.reshape(-1, 1)
-    if X.ndim != 2:
-        raise ValueError(
-            f"{name} has {X.ndim} dimensions (shape {X.shape}); expected 2: "
-            "(n_samples, n_features). Reshape it, e.g. X.reshape(len(X), -1)"
-        )
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(
-            f"{name} is empty (shape {X.shape}); it needs at least one sample and one feature"
-        )
+    X = _as_2d(X, name)
     _check_rows(X.shape[0], name, min_samples)
     if X.dtype != dtype:
         with jax.enable_x64(dtype == np.float64):

@@ -19,7 +19,7 @@ WEAK = ml.Priors(mean_scale=10.0, scale=10.0, lkj_eta=1.0)
 FAST_NUTS = dict(num_warmup=300, num_samples=300, num_chains=4, progress=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def faithful_fits(faithful):
     em = ml.fit(faithful, 2, ml.EM(n_init=8), key=0)
     nuts = ml.fit(faithful, 2, ml.NUTS(**FAST_NUTS), key=1)
@@ -187,7 +187,7 @@ def test_to_arviz_groups_and_pointwise_log_likelihood(faithful_fits, faithful):
     assert normal.to_arviz().posterior["means"].shape == (1, 1000, 2, 2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def galaxies_fits():
     """EM and NUTS on galaxies for K=3 and K=4, shared by the comparison and LOO tests."""
     X = ml.datasets.load("galaxies")

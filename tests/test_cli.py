@@ -24,7 +24,7 @@ def run(*args, cwd=None):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def faithful_csv(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "faithful.csv"
     X = ml.datasets.load("faithful")
@@ -162,7 +162,6 @@ def test_family_and_weights_give_the_api_fit(tmp_path):
         assert len(list(csv.reader(fh))) == 1 + 32  # one row per pattern
 
 
-@pytest.mark.xdist_group("test_bayes")  # reuse the programs test_bayes compiled
 def test_compare_and_demo_write_the_comparison(tmp_path, capsys):
     """In process, with the settings the Bayesian tests compiled, so programs are reused."""
     out = tmp_path / "cmp"

@@ -63,14 +63,14 @@ class Exponential(Family):
 TRUE_RATES = np.array([[4.0, 0.5], [0.5, 3.0]])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 600)
     return rng.exponential(1.0 / TRUE_RATES[labels])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fits(data):
     em = ml.fit(
         data,

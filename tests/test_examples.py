@@ -116,7 +116,6 @@ def test_seed004_elbo_identity_kmeans_and_sklearn_agreement(tmp_path):
     assert (tmp_path / "seed004_snapshots.png").stat().st_size > 0
 
 
-@pytest.mark.xdist_group("test_bayes")  # NUTS settings as test_bayes: its programs are reused
 def test_compare_galaxies_tables_have_every_k(tmp_path):
     out = load("compare_galaxies").main(
         [

@@ -62,7 +62,7 @@ def assert_round_trip(result, loaded):
         assert_same(getattr(result, f), getattr(loaded, f), f)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def em_result(faithful):
     start = {
         "weights": [0.5, 0.5],

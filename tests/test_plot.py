@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def em(faithful):
     """Faithful, K=2, 8 restarts, exactly 15 iterations with every iteration's parameters."""
     return ml.fit(
@@ -33,7 +33,7 @@ def em(faithful):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def galaxies_result():
     """A 1-D, 3-component result near the EM fit of the galaxy velocities."""
     G = ml.datasets.load("galaxies")
@@ -53,7 +53,7 @@ def galaxies_result():
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def diag_result():
     """A diagonal-covariance result on 1000 rows (more than the default 500 drawn)."""
     data = ml.datasets.two_gaussians_2d()
@@ -85,7 +85,7 @@ def _draws(em, chains, draws, scale, seed):
     return {"weights": w, "means": m, "covariances": c}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def nuts(em):
     return ml.FitResult(
         method="nuts",
@@ -102,7 +102,7 @@ def nuts(em):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def svi_delta(em):
     return ml.FitResult(
         method="svi",

@@ -224,7 +224,7 @@ def test_not_for_the_posterior_or_hard_em(faithful):
 
 
 # ------------------------------------------------------------------ bootstrap
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def faithful_em(faithful):
     return ml.fit(faithful, 2, ml.EM(n_init=4, tol=1e-6, max_iter=500), key=0)
 

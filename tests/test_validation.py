@@ -223,7 +223,7 @@ def test_families_and_their_parameters_are_checked(build, exc, message):
 PARAMS = ml.MixtureParams([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], np.tile(np.eye(2), (2, 1, 1)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fitted():
     return ml.fit(X_OK, 2, key=0)
 

@@ -371,6 +371,13 @@ def run_em(
     )
 
 
+def _row_features(X3: Array, settings: EMSettings) -> Array | None:
+    """The family's row features for every chunk, when they are computed once per fit."""
+    if not settings.precompute_features:
+        return None
+    return jax.vmap(lambda x: settings.family.row_features(x, settings.formulation))(X3)
+
+
 def _program(
     starts: Any,
     X3: Array,
@@ -384,9 +391,7 @@ def _program(
     settings: EMSettings,
 ) -> EMOutput:
     """All restarts in one program: ``starts`` are PRNG keys or stacked parameters."""
-    F3 = None
-    if settings.precompute_features:
-        F3 = jax.vmap(lambda x: settings.family.row_features(x, settings.formulation))(X3)
+    F3 = _row_features(X3, settings)
     pooled = pooled_params(X3, W3, settings.n_components, settings.family, reg)  # once
 
     def one(start: Any) -> EMOutput:
@@ -681,25 +686,9 @@ def _refit_program(
     ``batched_data``), all in one program: the bootstrap's refits."""
 
     def one(X3: Array, W3: Array, total: Array) -> EMOutput:
-        F3 = None
-        if settings.precompute_features:
-            F3 = jax.vmap(lambda x: settings.family.row_features(x, settings.formulation))(X3)
         pooled = pooled_params(X3, W3, settings.n_components, settings.family, reg)
-        return run_em(
-            params0,
-            X3,
-            F3,
-            W3,
-            total,
-            tol,
-            max_iter,
-            reg,
-            data_var,
-            policy,
-            settings,
-            pooled,
-            restart_axis="replicates",
-        )
+        loop = (tol, max_iter, reg, data_var, policy, settings, pooled)
+        return run_em(params0, X3, _row_features(X3, settings), W3, total, *loop, "replicates")
 
     in_axes = (0 if batched_data else None, 0, 0)
     return jax.vmap(one, in_axes=in_axes, axis_name="replicates")(X3, W3, totals)

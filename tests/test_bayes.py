@@ -43,15 +43,22 @@ def test_nuts_on_faithful_converges_and_contains_em(faithful_fits):
 
 def test_em_standard_errors_are_the_posterior_sd_on_faithful(faithful_fits):
     """Bernstein-von Mises: with 272 points and the default weak priors, EM's standard
-    errors (observed information) are the NUTS posterior sds within 15% (the sd of
-    1200 draws with ESS > 400 carries about 4% Monte Carlo error)."""
+    errors (observed information) are the NUTS posterior sds (the sd of 1200 draws
+    with ESS > 400 carries about 4% Monte Carlo error)."""
     em, nuts, _ = faithful_fits
     comparison = ml.compare(em, nuts)
     table = comparison.table
     se = em.standard_errors()  # the comparison's column is the result's standard errors
     assert table.loc["means[1,0]", "em_se"] == se.means[1, 0]
     assert table.loc["covariances[0,0,1]", "em_se"] == se.covariances[0, 0, 1]
-    np.testing.assert_allclose(table["em_se"], table["nuts_sd"], rtol=0.15)
+    # weights and means within 10%; a variance's posterior is skewed (inverse-gamma
+    # like at ~100 points a component), its sd up to 16% above the information's (4000
+    # draws): 20% for the covariances
+    location = [i for i in table.index if i.startswith(("weights", "means"))]
+    np.testing.assert_allclose(
+        table.loc[location, "em_se"], table.loc[location, "nuts_sd"], rtol=0.1
+    )
+    np.testing.assert_allclose(table["em_se"], table["nuts_sd"], rtol=0.2)
     assert "nuts: posterior sd / EM standard error: median" in comparison.summary
 
 

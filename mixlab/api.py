@@ -174,7 +174,10 @@ def fit(
     Parameters
     ----------
     X : array of shape (n_samples, n_features) or (n_samples,)
-        Data; 1-D input is one feature.  Never modified.
+        Data (NumPy, pandas or a JAX array); 1-D input is one feature.  Never
+        modified.  EM checks a JAX array, and NumPy data of 2**20 values or
+        more, on the device (one transfer, no host copy; see
+        :mod:`mixlab.em.data`).
     n_components : int
         Number of mixture components K.
     method : EM, SVI or NUTS, default EM()

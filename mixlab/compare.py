@@ -96,9 +96,11 @@ class Comparison:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per parameter element: the EM value, then per method its
-        posterior mean, sd, HDI bounds, whether EM lies inside the HDI, r-hat
-        and effective sample size.
+        One row per parameter element: the EM value and EM's standard error
+        (``em_se``, from the observed information, when the EM result holds its
+        data), then per method its posterior mean, sd, HDI bounds, whether EM
+        lies inside the HDI, whether EM's Wald interval at the same probability
+        overlaps the HDI (``wald_overlap``), r-hat and effective sample size.
     methods : pandas.DataFrame
         One row per method: log-likelihood at its point estimate, ELBO (and
         its standard error) where it has one, divergences, worst r-hat and
@@ -225,6 +227,15 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
                 float(split_gelman_rubin(x)) if x.shape[0] > 1 and x.shape[1] > 3 else np.nan
             )
             ess.append(float(effective_sample_size(x)) if x.shape[1] > 3 else np.nan)
+        if em_se is not None and not point_only:
+            from statistics import NormalDist
+
+            z = NormalDist().inv_cdf(0.5 + hdi_prob / 2.0)
+            em_values = np.asarray(table["em"], dtype=np.float64)
+            half = z * np.asarray(em_se)
+            table[f"{tag}_wald_overlap"] = list(
+                (em_values - half <= np.asarray(hi)) & (np.asarray(lo) <= em_values + half)
+            )
         for col, values in (
             ("mean", mean),
             ("sd", sd),

@@ -618,6 +618,7 @@ def forest(
     *others: FitResult,
     hdi_prob: float = 0.94,
     parameters: Sequence[str] | None = None,
+    em_interval: bool = False,
 ) -> Figure:
     """EM's estimates over the posterior intervals of SVI and NUTS fits.
 
@@ -640,6 +641,10 @@ def forest(
         Parameter groups to draw, in order: ``"weights"`` and the family's
         parameters; default the weights and the family's location (``means``,
         ``rates``, ``probs``).
+    em_interval : bool, default False
+        Also draw EM's Wald interval, estimate ± z standard errors with
+        ``z`` the normal quantile of ``hdi_prob`` (gid ``"em-interval"``; from
+        :meth:`FitResult.standard_errors`, as in the comparison's ``em_se``).
 
     Returns
     -------
@@ -656,6 +661,11 @@ def forest(
     from mixlab.compare import compare
 
     em = _check_result(em, "em")
+    if em_interval and em.method == "em" and em.data is None:
+        raise ValueError(
+            "em_interval needs the fitted data for EM's standard errors; the result holds "
+            "none (loaded without include_data=True)"
+        )
     if em.method != "em":
         raise ValueError(
             f"the first result must be the EM fit, got a {em.method.upper()} fit; "
@@ -733,6 +743,22 @@ def forest(
                 zorder=3,
                 label=f"{tag} mean" if has.any() else f"{tag} (point estimate)",
                 gid=f"mean-{tag}",
+            )
+        if em_interval and "em_se" in sub:
+            from statistics import NormalDist
+
+            z = NormalDist().inv_cdf(0.5 + cmp.hdi_prob / 2.0)
+            centre = sub["em"].to_numpy(dtype=np.float64)
+            half = z * sub["em_se"].to_numpy(dtype=np.float64)
+            ax.hlines(
+                y,
+                centre - half,
+                centre + half,
+                colors="red",
+                linewidth=1.0,
+                zorder=3,
+                label=f"EM ± {z:.2f} SE (Wald, {round(100 * cmp.hdi_prob)}%)",
+                gid="em-interval",
             )
         ax.scatter(
             sub["em"].to_numpy(dtype=np.float64),

@@ -479,6 +479,28 @@ def test_forest_intervals_means_and_em(em, nuts, svi_delta, tmp_path):
     _saved(fig, tmp_path)
 
 
+def test_forest_draws_ems_wald_interval_from_its_standard_errors(em, nuts):
+    from statistics import NormalDist
+
+    fig = plot.forest(em, nuts, hdi_prob=0.9, em_interval=True)
+    table = ml.compare(em, nuts, hdi_prob=0.9).table
+    se = em.standard_errors()
+    z = NormalDist().inv_cdf(0.95)
+    ax = fig.axes[1]  # means of feature 0
+    segments = _one(ax, "em-interval", LineCollection).get_segments()
+    for seg, k in zip(segments, (0, 1), strict=True):
+        centre = em.params.means[k, 0]
+        np.testing.assert_allclose(
+            seg[:, 0], [centre - z * se.means[k, 0], centre + z * se.means[k, 0]]
+        )
+    # the comparison says whether each Wald interval meets the HDI
+    half = z * table["em_se"]
+    overlap = (table["em"] - half <= table["nuts_hdi_high"]) & (
+        table["nuts_hdi_low"] <= table["em"] + half
+    )
+    assert list(table["nuts_wald_overlap"]) == list(overlap) and overlap.all()
+
+
 def test_forest_covariances_only(em, nuts):
     fig = plot.forest(em, nuts, parameters=("covariances",))
     (ax,) = fig.axes

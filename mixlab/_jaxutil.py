@@ -261,14 +261,28 @@ class Progress:
 
     @classmethod
     def update(cls, i: Any) -> None:
-        if cls.bar is not None:
-            cls.bar.n = int(i) + 1
-            cls.bar.refresh()
+        """Move the bar to step ``i + 1``, forward only: batched restarts or chains
+        each report their own step, and the bar shows the furthest.  tqdm redraws at
+        most every 0.1 s."""
+        bar = cls.bar
+        if bar is not None and int(i) + 1 > bar.n:
+            bar.update(int(i) + 1 - bar.n)
 
     @staticmethod
-    def every(total: int, enabled: bool) -> int:
+    def wanted(enabled: bool | None) -> bool:
+        """``progress=None`` (the default): a bar only when stderr is a terminal, so
+        logs and pipes get none."""
+        if enabled is None:
+            import sys
+
+            stream = sys.stderr
+            return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+        return bool(enabled)
+
+    @staticmethod
+    def every(total: int, enabled: bool | None) -> int:
         """Report period for a loop of ``total`` steps (0: no reports)."""
-        return max(1, total // 50) if enabled else 0
+        return max(1, total // 50) if Progress.wanted(enabled) else 0
 
     @staticmethod
     def report(i: Any, every: int, total: int) -> None:
@@ -281,12 +295,12 @@ class Progress:
             )
 
     @classmethod
-    def run(cls, compiled: Any, args: tuple, total: int, desc: str, enabled: bool) -> tuple:
+    def run(cls, compiled: Any, args: tuple, total: int, desc: str, enabled: bool | None) -> tuple:
         """Call ``compiled(*args)`` with a bar over ``total`` steps; returns (out, seconds)."""
         import time
 
         bar = None
-        if enabled:
+        if Progress.wanted(enabled):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc=desc)

@@ -160,7 +160,7 @@ def _methods(args: argparse.Namespace) -> dict[str, Any]:
     """The method objects the command asked for, with progress bars unless --quiet."""
     import mixlab as ml
 
-    progress = not args.quiet
+    progress = False if args.quiet else None  # bars on a terminal only, never in logs
     em = ml.EM(n_init=args.n_init, progress=progress)
     return {
         "em": em,

@@ -138,8 +138,11 @@ class EM(Method):
         Measured over 4,800 small fits (``benchmarks/defaults_study.py``):
         ``"reinit"`` ends above scikit-learn's fit (same init method, other
         random starts) more often than below; see the README.
-    progress : bool, default False
-        Show a progress bar over the iterations (all restarts run together).
+    progress : bool or None, default False
+        Show a progress bar over the iterations (all restarts run together;
+        the bar shows the furthest and never goes back); ``None``: when stderr
+        is a terminal.  Off by default: most EM fits take milliseconds, and a
+        bar's host callbacks keep the program out of the persistent cache.
     """
 
     name: ClassVar[str] = "em"
@@ -156,7 +159,7 @@ class EM(Method):
     formulation: str = "auto"
     on_collapse: str = "reinit"
     matmul_precision: str = "highest"
-    progress: bool = False
+    progress: bool | None = False
 
     def __post_init__(self) -> None:
         check_float(self.tol, "tol", minimum=0.0)
@@ -190,8 +193,8 @@ class EM(Method):
             raise TypeError(f"formulation must be a string, got {type(self.formulation).__name__}")
         check_choice(self.on_collapse, "on_collapse", ("reinit", "ignore", "raise"))
         check_choice(self.matmul_precision, "matmul_precision", MATMUL_PRECISIONS)
-        if not isinstance(self.progress, bool | np.bool_):
-            raise TypeError("progress must be True or False")
+        if self.progress is not None and not isinstance(self.progress, bool | np.bool_):
+            raise TypeError("progress must be True, False or None (shown on a terminal)")
 
     def check_for(self, family: Any) -> None:
         """Check the settings that depend on the family (fixed names, formulation)."""
@@ -239,8 +242,8 @@ def _check_bayes_common(method: Any) -> None:
             f"em must be a ml.EM (the fit used to start and to align), got "
             f"{type(method.em).__name__}"
         )
-    if not isinstance(method.progress, bool | np.bool_):
-        raise TypeError("progress must be True or False")
+    if method.progress is not None and not isinstance(method.progress, bool | np.bool_):
+        raise TypeError("progress must be True, False or None (shown on a terminal)")
 
 
 @dataclass(frozen=True)
@@ -275,8 +278,9 @@ class SVI(Method):
     em : EM, optional
         Settings of the EM fit used to start and to align labels
         (default ``EM(n_init=4)``).
-    progress : bool, default True
-        Show a progress bar over the SVI steps.
+    progress : bool, optional
+        Show a progress bar over the SVI steps.  Default: when stderr is a
+        terminal.
     """
 
     name: ClassVar[str] = "svi"
@@ -292,7 +296,7 @@ class SVI(Method):
     rank: int | None = None
     priors: Priors | None = None
     em: EM | None = None
-    progress: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         check_int(self.num_steps, "num_steps", minimum=1)
@@ -340,8 +344,9 @@ class NUTS(Method):
     priors : Priors, optional
     em : EM, optional
         Settings of the EM fit used to start and to align (default ``EM(n_init=4)``).
-    progress : bool, default True
-        Show NumPyro's progress bar.
+    progress : bool, optional
+        Show a progress bar over the NUTS steps (all chains together; it never
+        goes back).  Default: when stderr is a terminal.
     """
 
     name: ClassVar[str] = "nuts"
@@ -356,7 +361,7 @@ class NUTS(Method):
     init_jitter: float = 0.1
     priors: Priors | None = None
     em: EM | None = None
-    progress: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         check_int(self.num_warmup, "num_warmup", minimum=0)

@@ -286,7 +286,7 @@ EVERYWHERE = [
         "mean_loc has 3 entries but the data have 2 feature",
     ),
     (lambda f: ml.Priors(ordered_means="yes"), TypeError, "ordered_means must be True or False"),
-    (lambda f: ml.EM(progress="yes"), TypeError, "progress must be True or False"),
+    (lambda f: ml.EM(progress="yes"), TypeError, "progress must be True, False or None"),
     (lambda f: ml.EM(on_collapse="retry"), ValueError, "on_collapse must be one of"),
 ]
 

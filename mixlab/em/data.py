@@ -94,18 +94,19 @@ def chunk_layout(
 def to_chunks(
     X: np.ndarray, n_chunks: int, chunk: int, row_weight: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Zero-pad ``X`` to ``n_chunks * chunk`` rows and reshape; ``W3`` holds the row
-    weights, zero on padding (``None`` when there is neither padding nor weights)."""
-    n_samples, n_features = X.shape
+    """Zero-pad ``X`` (``(..., n, D)``: leading axes batch data sets) to
+    ``n_chunks * chunk`` rows and reshape to ``(..., n_chunks, chunk, D)``; ``W3``
+    holds the row weights (``(..., n)``), zero on padding (``None`` when there is
+    neither padding nor weights)."""
+    *lead, n_samples, n_features = X.shape
     pad = n_chunks * chunk - n_samples
     if pad == 0 and row_weight is None:
-        return X.reshape(n_chunks, chunk, n_features), None
-    X3 = np.concatenate([X, np.zeros((pad, n_features), X.dtype)]).reshape(
-        n_chunks, chunk, n_features
-    )
+        return X.reshape(*lead, n_chunks, chunk, n_features), None
+    widths = [(0, 0)] * len(lead) + [(0, pad), (0, 0)]
+    X3 = np.pad(X, widths).reshape(*lead, n_chunks, chunk, n_features)
     w = np.ones(n_samples, X.dtype) if row_weight is None else row_weight.astype(X.dtype)
-    W3 = np.concatenate([w, np.zeros(pad, X.dtype)])
-    return X3, W3.reshape(n_chunks, chunk)
+    W3 = np.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, pad)])
+    return X3, W3.reshape(*w.shape[:-1], n_chunks, chunk)
 
 
 # ------------------------------------------------------------------------ host

@@ -45,6 +45,7 @@ from mixlab.em.data import (
     on_device,
     platform_of,
     summarize,
+    to_chunks,
 )
 from mixlab.em.init import initial_params, pooled_params
 from mixlab.em.steps import e_pass, m_step_from_pass, objectives, worst_row
@@ -490,6 +491,34 @@ def _failure_message(
     return f"the log-likelihood became non-finite at iteration {n_iter + 1}; {advice}"
 
 
+def _plan(
+    X: Any,
+    summary: Any,
+    family: Family,
+    n_components: int,
+    formulation: str,
+    reg_covar: float,
+    chunk_size: int | None,
+    n_sets: int = 1,
+) -> tuple[str, bool, int, int]:
+    """How the EM program reads the data: formulation, whether row features are
+    computed once per fit (for ``n_sets`` data sets), and the row chunks by backend."""
+    n_samples, n_features, dtype = summary.n_samples, summary.n_features, summary.dtype
+    formulation = family.choose_formulation(formulation, summary, reg_covar)
+    width = family.work_width(n_components, n_features, formulation)
+    feature_bytes = n_samples * family.row_feature_width(n_features, formulation) * dtype.itemsize
+    precompute = 0 < feature_bytes * n_sets <= FEATURE_CACHE_BYTES
+    platform = platform_of(X)
+    n_chunks, chunk = chunk_layout(
+        n_samples,
+        width * dtype.itemsize,
+        chunk_size,
+        platform,
+        None if platform == "cpu" else free_device_memory(X),
+    )
+    return formulation, precompute, n_chunks, chunk
+
+
 def restart_keys(key: Array, n_init: int) -> Array:
     """Keys of ``n_init`` restarts: ``key`` itself, then ``fold_in(key, i)``.
 
@@ -541,21 +570,12 @@ def fit_em(
         if not keep.all():
             sample_weight = sample_weight[keep]
             X = jnp.take(X, jnp.asarray(np.flatnonzero(keep)), axis=0) if on_device(X) else X[keep]
-    n_samples, n_features = X.shape
+    n_samples = X.shape[0]
     with jax.enable_x64(dtype == np.float64):
         summary, shift = summarize(X, sample_weight, family)
     dominated = family.check_fit_data(summary, reg_covar)
-    formulation = family.choose_formulation(formulation, summary, reg_covar)
-    width = family.work_width(n_components, n_features, formulation)
-    n_features_row = family.row_feature_width(n_features, formulation)
-    precompute = 0 < n_samples * n_features_row * dtype.itemsize <= FEATURE_CACHE_BYTES
-    platform = platform_of(X)
-    n_chunks, chunk = chunk_layout(
-        n_samples,
-        width * dtype.itemsize,
-        chunk_size,
-        platform,
-        None if platform == "cpu" else free_device_memory(X),
+    formulation, precompute, n_chunks, chunk = _plan(
+        X, summary, family, n_components, formulation, reg_covar, chunk_size
     )
 
     if isinstance(init, MixtureParams):
@@ -722,23 +742,20 @@ def refit_em(
     dtype = np.dtype(X.dtype)
     n_components = start.n_components
     summary, shift = summarize(X, None, family)
-    formulation = family.choose_formulation(formulation, summary, reg_covar)
     if data is not None:
         row_weights = np.ones(data.shape[:2], dtype)
-        batch = np.asarray(data, dtype) - shift
-    else:
-        batch = X - shift
-    n_rows, n_features = batch.shape[-2:]
-    width = family.work_width(n_components, n_features, formulation)
-    feature_bytes = n_rows * family.row_feature_width(n_features, formulation) * dtype.itemsize
-    precompute = 0 < feature_bytes * (len(data) if data is not None else 1) <= FEATURE_CACHE_BYTES
-    n_chunks, chunk = chunk_layout(n_rows, width * dtype.itemsize, chunk_size, platform_of(X))
-    pad = n_chunks * chunk - n_rows
-    W3 = np.concatenate([row_weights, np.zeros((len(row_weights), pad))], axis=1)
-    W3 = W3.astype(dtype).reshape(len(row_weights), n_chunks, chunk)
-    X3 = np.concatenate(
-        [batch, np.zeros((*batch.shape[:-2], pad, n_features), dtype)], axis=-2
-    ).reshape(*batch.shape[:-2], n_chunks, chunk, n_features)
+    formulation, precompute, n_chunks, chunk = _plan(
+        X,
+        summary,
+        family,
+        n_components,
+        formulation,
+        reg_covar,
+        chunk_size,
+        n_sets=1 if data is None else len(data),
+    )
+    batch = (X if data is None else np.asarray(data, dtype)) - shift
+    X3, W3 = to_chunks(batch, n_chunks, chunk, row_weights)
     settings = EMSettings(
         family=family,
         n_components=n_components,

@@ -131,6 +131,16 @@ def e_pass(
     return chunk_sum(one, (X3, F3, W3))
 
 
+def _row_log_density(
+    xc: Array, fc: Array | None, family: Any, prepared: Any, log_weights: Array, formulation: str
+) -> tuple[Array, Array]:
+    """One chunk's log joint ``(n, K)`` and mixture log-density per row ``(n,)``."""
+    if fc is None:
+        fc = family.row_features(xc, formulation)
+    lj = log_joint(xc, family, prepared, log_weights, fc)
+    return lj, normalise(lj)[1]
+
+
 def objectives(
     X3: Array,
     F3: Array | None,
@@ -144,10 +154,7 @@ def objectives(
     log_weights = jnp.log(params.weights)
 
     def one(xc: Array, fc: Array | None, wc: Array | None) -> tuple[tuple[Array, Array], None]:
-        if fc is None:
-            fc = family.row_features(xc, formulation)
-        lj = log_joint(xc, family, prepared, log_weights, fc)
-        _, log_norm = normalise(lj)
+        lj, log_norm = _row_log_density(xc, fc, family, prepared, log_weights, formulation)
         best = jnp.max(lj, axis=1)
         if wc is not None:
             log_norm = jnp.where(wc > 0, wc * log_norm, 0.0)
@@ -172,9 +179,7 @@ def worst_row(
     log_weights = jnp.log(params.weights)
 
     def one(xc: Array, fc: Array | None, wc: Array | None) -> tuple[tuple[()], tuple]:
-        if fc is None:
-            fc = family.row_features(xc, formulation)
-        _, row_ll = normalise(log_joint(xc, family, prepared, log_weights, fc))
+        _, row_ll = _row_log_density(xc, fc, family, prepared, log_weights, formulation)
         ranked = row_ll if wc is None else jnp.where(wc > 0, row_ll, jnp.inf)
         i = jnp.argmin(ranked)
         return (), (ranked[i], xc[i])

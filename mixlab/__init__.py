@@ -23,6 +23,7 @@ from mixlab.methods import EM, NUTS, SVI
 from mixlab.params import MixtureParams
 from mixlab.priors import Priors
 from mixlab.result import FitResult, Restarts
+from mixlab.select import Selection, select
 
 __all__ = [
     "EM",
@@ -39,6 +40,7 @@ __all__ = [
     "MixtureParams",
     "Priors",
     "Restarts",
+    "Selection",
     "__version__",
     "compare",
     "datasets",
@@ -49,4 +51,5 @@ __all__ = [
     "log_likelihood",
     "log_prob_components",
     "m_step",
+    "select",
 ]

@@ -188,3 +188,58 @@ def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any) -> np.nd
     if not np.any(w > 0):
         raise ValueError("sample_weight is zero for every row: there is nothing to fit")
     return w
+
+
+def feature_names_of(X: Any) -> tuple[str, ...] | None:
+    """Column names of a data frame (pandas or polars) or the name of a series.
+
+    ``None`` for arrays and for frames whose column names repeat (names must
+    tell the features apart).
+    """
+    if isinstance(X, np.ndarray | jax.Array):
+        return None
+    columns = getattr(X, "columns", None)
+    if columns is not None and hasattr(X, "to_numpy"):
+        names = tuple(str(c) for c in columns)
+    elif hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 1 and hasattr(X, "name"):
+        names = None if X.name is None else (str(X.name),)
+    else:
+        return None
+    if names is None or len(set(names)) != len(names):
+        return None
+    return names
+
+
+def feature_units_of(X: Any, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Units of named features from a pandas frame's ``attrs["units"]`` (``{column: unit}``).
+
+    ``""`` for a feature without a unit; ``None`` when no feature has one.
+    """
+    attrs = getattr(X, "attrs", None)
+    units = attrs.get("units") if isinstance(attrs, dict) else None
+    if names is None or not isinstance(units, dict):
+        return None
+    out = tuple(str(units.get(n) or "") for n in names)
+    return out if any(out) else None
+
+
+def check_feature_names(names: Any, n_features: int) -> tuple[str, ...] | None:
+    """``feature_names=`` as a tuple of distinct strings, one per feature."""
+    if names is None:
+        return None
+    if isinstance(names, str | bytes) or not hasattr(names, "__iter__"):
+        raise TypeError(
+            f"feature_names must be a list of strings, one per feature, got {type(names).__name__}"
+        )
+    names = tuple(names)
+    if not all(isinstance(n, str) and n for n in names):
+        raise TypeError(f"feature_names must be non-empty strings, got {list(names)!r}")
+    if len(names) != n_features:
+        raise ValueError(
+            f"feature_names has {len(names)} name(s) but the data have {n_features} feature(s); "
+            "give one name per column"
+        )
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"feature_names must be distinct; repeated: {', '.join(repeated)}")
+    return names

@@ -124,3 +124,46 @@ def align_to_reference(
         {k: v.reshape((*lead, *v.shape[1:])) for k, v in aligned.items()},
         perms.reshape((*lead, -1)),
     )
+
+
+#: ``fit(order=...)``: how components are numbered in a result.
+ORDERS = ("location", "weights")
+
+
+def canonical_permutation(params: MixtureParams, order: str | None) -> np.ndarray:
+    """The component order ``perm`` (new component ``j`` is old ``perm[j]``) for ``order``.
+
+    ``"location"``: by the family's location parameter (``means``, ``rates``,
+    ``probs``: its first parameter), first feature first, later features
+    breaking ties, ascending.  ``"weights"``: by weight, largest first, ties by
+    location.  ``None``: as the method left them.
+    """
+    K = params.n_components
+    if order is None:
+        return np.arange(K)
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS} or None, got {order!r}")
+    spec = params.family.param_specs()[0]
+    keys: list[np.ndarray] = []
+    if spec.per_component:
+        location = np.asarray(params.components[spec.name], dtype=np.float64).reshape(K, -1)
+        keys = [location[:, j] for j in range(location.shape[1])]
+    if order == "weights":
+        keys = [-np.asarray(params.weights, dtype=np.float64), *keys]
+    if not keys:  # no per-component location: by weight
+        keys = [-np.asarray(params.weights, dtype=np.float64)]
+    # np.lexsort sorts by its last key first; np.arange makes equal keys keep their order.
+    return np.lexsort([np.arange(K), *keys[::-1]])
+
+
+def permute_components(
+    values: Mapping[str, Any], perm: np.ndarray, family: Family, axis: int
+) -> dict[str, np.ndarray]:
+    """``values`` (``"weights"`` and the family's parameters) with their component axis
+    (``axis``, counted from the left) taken in the order ``perm``; parameters shared by
+    all components (a tied covariance) are left as they are."""
+    shared = {s.name for s in family.param_specs() if not s.per_component}
+    return {
+        name: np.array(value) if name in shared else np.take(np.asarray(value), perm, axis=axis)
+        for name, value in values.items()
+    }

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import jax
 import numpy as np
 
 from mixlab._jaxutil import KeyLike, as_key, resolve_dtype
-from mixlab._validation import check_data, check_int, check_sample_weight
+from mixlab._validation import (
+    check_data,
+    check_feature_names,
+    check_int,
+    check_sample_weight,
+    feature_names_of,
+    feature_units_of,
+)
+from mixlab.align import ORDERS
 from mixlab.em.data import on_device
 from mixlab.em.driver import EMStatus, fit_em
 from mixlab.families import Family, get_family
@@ -168,6 +177,8 @@ def fit(
     sample_weight: Any = None,
     key: KeyLike = 0,
     dtype: Any = None,
+    feature_names: Any = None,
+    order: str | None = "auto",
 ) -> FitResult:
     """Fit a finite mixture to ``X``.
 
@@ -198,6 +209,22 @@ def fit(
     dtype : {None, "float64", "float32"}
         Computation dtype; by default float32 input stays float32 and
         everything else is float64.
+    feature_names : list of str, optional
+        Names of the columns; by default a DataFrame's column names (pandas or
+        polars) or a Series' name, else none.  They label the summary,
+        :func:`compare`, plots, ArviZ coordinates and the CLI's files
+        (:attr:`FitResult.feature_names`); a pandas frame's ``attrs["units"]``
+        (``{column: unit}``) adds units to plot axes.
+    order : {"auto", "location", "weights"} or None, default "auto"
+        How the result numbers its components (labels are otherwise
+        arbitrary: fits with other keys or methods would number the same
+        components differently).  ``"location"``: ascending in the family's
+        location parameter (``means``, ``rates``, ``probs``), first feature
+        first, later features breaking ties; ``"weights"``: largest weight
+        first; ``None``: as the method left them (EM: as its start had them,
+        which is what scikit-learn reports).  ``"auto"``: ``"location"``,
+        except that an EM fit from explicit starting parameters keeps the
+        start's numbering.  See :meth:`FitResult.reorder`.
 
     Returns
     -------
@@ -220,6 +247,13 @@ def fit(
             f"method must be ml.EM(...), ml.SVI(...) or ml.NUTS(...), got {type(method).__name__}"
         )
     n_components = check_int(n_components, "n_components", minimum=1)
+    if order == "auto":
+        explicit_start = isinstance(method, EM) and not isinstance(method.init, str)
+        order = None if explicit_start else "location"
+    if order is not None and order not in ORDERS:
+        raise ValueError(f"order must be one of {(*ORDERS, 'auto')} or None, got {order!r}")
+    names = feature_names_of(X) if feature_names is None else feature_names
+    units = feature_units_of(X, names) if feature_names is None else None
     fam = resolve_family(family, covariance)
     if isinstance(method, EM):
         method.check_for(fam)
@@ -236,6 +270,7 @@ def fit(
                 data = jax.device_put(np.asarray(data, dt), may_alias=False)
     else:
         fam.check_data(data)
+    names = check_feature_names(names, data.shape[1])
     weights = None
     if sample_weight is not None:
         weights = check_sample_weight(sample_weight, data.shape[0], dt)
@@ -244,4 +279,6 @@ def fit(
                 f"only {int(np.count_nonzero(weights))} row(s) have a positive sample_weight "
                 f"but n_components={n_components}; use fewer components or more data"
             )
-    return _backend(method)(data, n_components, fam, method, as_key(key), weights)
+    result = _backend(method)(data, n_components, fam, method, as_key(key), weights)
+    result = replace(result, feature_names=names, feature_units=units)
+    return result.reorder(order)

@@ -46,13 +46,18 @@ def to_inference_data(result: Any, X: Any = None, feature_names: list[str] | Non
     pointwise log-likelihood has one entry per observation and PSIS-LOO is
     that of the expanded data.  Non-integer weights keep one entry per row
     and the weights are stored beside the data in ``observed_data``.
+
+    The ``feature`` coordinate holds ``feature_names``, by default the fit's
+    :attr:`~mixlab.FitResult.feature_names` (``x0``, ``x1``, ... for unnamed data).
     """
     az = import_arviz()
     params = result.params
-    X = result.data if X is None else np.asarray(X, dtype=np.float64)
+    X = result.data if X is None else np.asarray(result._input(X), dtype=np.float64)
     draws = _draws(result)
     n_chains, n_draws = draws["weights"].shape[:2]
-    features = feature_names or [f"x{j}" for j in range(params.n_features)]
+    features = list(
+        feature_names or result.feature_names or [f"x{j}" for j in range(params.n_features)]
+    )
     coords = {
         "component": np.arange(params.n_components),
         "feature": features,
@@ -93,4 +98,92 @@ def to_inference_data(result: Any, X: Any = None, feature_names: list[str] | Non
         observed_data=observed,
         coords=coords,
         dims=dims,
+    )
+
+
+# ----------------------------------------------------------------------------- PSIS-LOO
+from typing import NamedTuple  # noqa: E402 (appended section; keeps the lines above as they are)
+
+
+class PsisLoo(NamedTuple):
+    """PSIS-LOO of a fit on the deviance scale: ``-2 * elpd_loo``, lower is better.
+
+    Attributes
+    ----------
+    deviance : float
+        ``-2 * elpd_loo``, ArviZ's ``scale="deviance"``.
+    se : float
+        Its standard error (twice that of ``elpd_loo``).
+    p_loo : float
+        Effective number of parameters (``lppd - elpd_loo``; the same on every scale).
+    pareto_k : array of shape (n_observations,)
+        Pareto shape estimate of each observation; above ``good_k`` the
+        importance-sampling estimate of that observation is unreliable.
+    good_k : float
+        ArviZ's threshold for ``pareto_k`` (``min(1 - 1/log10(S), 0.7)`` for S draws).
+    """
+
+    deviance: float
+    se: float
+    p_loo: float
+    pareto_k: np.ndarray
+    good_k: float
+
+    @property
+    def elpd(self) -> float:
+        """``elpd_loo`` on the log scale (higher is better): ``-deviance / 2``."""
+        return -0.5 * self.deviance
+
+    @property
+    def n_high_pareto_k(self) -> int:
+        """Observations whose ``pareto_k`` exceeds ``good_k``."""
+        return int(np.sum(self.pareto_k > self.good_k))
+
+
+def psis_loo(result: Any) -> PsisLoo:
+    """PSIS-LOO (``az.loo``) of a fit with posterior draws, on the deviance scale.
+
+    Uses the pointwise log-likelihood of :func:`to_inference_data` on the
+    fitted data (integer frequency weights as repeated rows).  ArviZ's warning
+    about high Pareto k is not raised: ``pareto_k`` and ``n_high_pareto_k``
+    carry it, for the caller to report.
+
+    Parameters
+    ----------
+    result : FitResult
+        An SVI or NUTS fit that holds its data.
+
+    Returns
+    -------
+    PsisLoo
+
+    Raises
+    ------
+    ValueError
+        An EM fit (one draw: PSIS-LOO needs posterior draws) or a result
+        without its data.
+    """
+    if result.posterior is None:
+        raise ValueError(
+            f"PSIS-LOO needs posterior draws; this {result.method.upper()} fit has none. "
+            "Fit with method=ml.NUTS(...) or ml.SVI(...)"
+        )
+    if result.data is None:
+        raise ValueError(
+            "the result holds no data (e.g. loaded from a file saved without "
+            "include_data=True); PSIS-LOO needs the fitted data"
+        )
+    az = import_arviz()
+    idata = to_inference_data(result)
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Estimated shape parameter of Pareto", category=UserWarning
+        )
+        loo = az.loo(idata, pointwise=True, scale="deviance")
+    return PsisLoo(
+        deviance=float(loo.elpd_loo),
+        se=float(loo.se),
+        p_loo=float(loo.p_loo),
+        pareto_k=np.asarray(loo.pareto_k, dtype=np.float64),
+        good_k=float(getattr(loo, "good_k", 0.7)),
     )

@@ -206,6 +206,21 @@ def _load(args: argparse.Namespace) -> tuple[np.ndarray, list[str], np.ndarray |
     return X, names, w
 
 
+def _named(X: np.ndarray, names: list[str], source: str) -> Any:
+    """``X`` as a DataFrame with its column names (and, for an embedded data set, its
+    units), so the fit's summary, tables, plots and ArviZ output name the features."""
+    import pandas as pd
+
+    from mixlab import datasets
+
+    if len(set(names)) != len(names):
+        return X  # repeated column names cannot label features
+    frame = pd.DataFrame(X, columns=names)
+    if source in datasets.available() and not Path(source).exists():
+        frame.attrs["units"] = dict(datasets.load(source, as_frame=True).attrs["units"])
+    return frame
+
+
 def _write_params(
     out: Path, result: Any, X: np.ndarray, names: list[str], weights: np.ndarray | None = None
 ) -> Path:
@@ -308,7 +323,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     X, names, w = _load(args)
     method = _methods(args)[args.method]
     result = ml.fit(
-        X,
+        _named(X, names, args.data),
         args.k,
         method=method,
         family=args.family,
@@ -329,9 +344,10 @@ def run_compare(args: argparse.Namespace) -> tuple[Any, list[Path]]:
 
     X, names, w = _load(args)
     methods = _methods(args)
+    frame = _named(X, names, args.data)
     fits = {
         name: ml.fit(
-            X,
+            frame,
             args.k,
             method=m,
             family=args.family,

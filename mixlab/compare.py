@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from mixlab._validation import check_int
 from mixlab.align import apply_permutations, permutations_to_reference
 from mixlab.result import FitResult
 
@@ -17,6 +19,92 @@ if TYPE_CHECKING:
 #: Free parameters above which compare() leaves out EM's standard errors (the
 #: Hessian has this many squared entries); call result.standard_errors() directly.
 SE_MAX_PARAMETERS = 500
+
+
+#: Width of ``str(comparison)``: a terminal of 100 columns.
+TEXT_WIDTH = 100
+#: Longest row label of the text view with feature names (else feature numbers).
+TEXT_LABEL_WIDTH = 30
+
+
+class _Column(NamedTuple):
+    header: str
+    cells: list[str]
+    drop: int | None = None  # None: always shown; else dropped first when smaller
+
+
+def _numbers(values: Any, fmt: str = "{:.4g}") -> list[str]:
+    return ["" if not np.isfinite(v) else fmt.format(v) for v in np.asarray(values, float)]
+
+
+def _flags(values: Any) -> list[str]:
+    return ["yes" if bool(v) else "no" for v in values]
+
+
+def _ratios(sd: Any, se: Any) -> list[str]:
+    sd, se = np.asarray(sd, float), np.asarray(se, float)
+    return [f"{a / b:.2f}" if b > 0 and np.isfinite(a / b) else "" for a, b in zip(sd, se)]
+
+
+def _intervals(lo: Any, hi: Any) -> list[str]:
+    return [
+        "" if not (np.isfinite(a) and np.isfinite(b)) else f"{a:.4g}, {b:.4g}"
+        for a, b in zip(np.asarray(lo, float), np.asarray(hi, float))
+    ]
+
+
+def _render(
+    head: str, labels: list[str], columns: list[_Column], width: int, grouped: bool = False
+) -> list[str]:
+    """A fixed-width text table at most ``width`` wide.
+
+    Columns with no value are left out; then optional columns (lowest ``drop``
+    first) until the table fits; then labels are shortened (middle elided).
+    ``grouped``: labels ``"group[index]"`` are shown as a line ``group`` followed by
+    indented ``[index]`` rows.
+    """
+
+    def widths(cols: list[_Column]) -> list[int]:
+        return [max(len(c.header), *(len(v) for v in c.cells)) for c in cols]
+
+    rows: list[tuple[str, int | None]] = []
+    current = None
+    for i, label in enumerate(labels):
+        group, bracket, rest = label.partition("[")
+        if grouped and bracket:
+            if group != current:
+                rows.append((group, None))
+                current = group
+            rows.append(("  [" + rest, i))
+        else:
+            rows.append((label, i))
+            current = None
+    cols = [c for c in columns if any(c.cells)]
+    label_width = max(len(head), *(len(text) for text, _ in rows))
+    while cols and label_width + sum(w + 2 for w in widths(cols)) > width:
+        optional = [c for c in cols if c.drop is not None]
+        if not optional:
+            break
+        cols.remove(min(optional, key=lambda c: c.drop))
+    room = width - sum(w + 2 for w in widths(cols))
+    label_width = min(label_width, max(room, 12))
+
+    def fit(text: str) -> str:
+        if len(text) <= label_width:
+            return text
+        keep = label_width - 2
+        return text[: keep - keep // 2] + ".." + text[len(text) - keep // 2 :]
+
+    sizes = widths(cols)
+    lines = [
+        head.ljust(label_width) + "".join("  " + c.header.rjust(w) for c, w in zip(cols, sizes))
+    ]
+    for text, i in rows:
+        cells = (
+            "" if i is None else "".join("  " + c.cells[i].rjust(w) for c, w in zip(cols, sizes))
+        )
+        lines.append(fit(text).ljust(label_width) + cells)
+    return [line.rstrip() for line in lines]
 
 
 def _em_standard_errors(em: FitResult, rows: list) -> tuple[list[float] | None, list[str]]:
@@ -39,11 +127,27 @@ def _em_standard_errors(em: FitResult, rows: list) -> tuple[list[float] | None, 
     return [float(_value(se, g)[i]) for _, g, i in rows], notes
 
 
+def element_label(
+    name: str,
+    index: tuple[int, ...],
+    dims: tuple[str, ...],
+    feature_names: tuple[str, ...] | None = None,
+) -> str:
+    """``"means[1, 0]"``, or with feature names ``"means[1, waiting]"``: an element of a
+    parameter whose axes are ``dims`` (feature axes are named ``"feature..."``)."""
+    parts = [
+        feature_names[i] if feature_names is not None and dim.startswith("feature") else str(i)
+        for i, dim in zip(index, dims)
+    ]
+    return f"{name}[{', '.join(parts)}]"
+
+
 def parameter_names(result: FitResult) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
     """Row labels and array indices of every free parameter element, by parameter.
 
     ``weights`` first, then the family's parameters in order; symmetric
-    matrices list their upper triangle only.
+    matrices list their upper triangle only.  Labels name the features where
+    the fit has :attr:`~FitResult.feature_names` (``"means[0, waiting]"``).
     """
     p = result.params
     K, D = p.n_components, p.n_features
@@ -55,7 +159,7 @@ def parameter_names(result: FitResult) -> dict[str, list[tuple[str, tuple[int, .
         for idx in np.ndindex(*spec.shape(K, D)):
             if spec.symmetric and idx[-2] > idx[-1]:
                 continue  # lower triangle repeats the upper one
-            rows.append((f"{spec.name}[{','.join(map(str, idx))}]", idx))
+            rows.append((element_label(spec.name, idx, spec.dims, result.feature_names), idx))
         out[spec.name] = rows
     return out
 
@@ -112,6 +216,8 @@ class Comparison:
     summary : str
         A sentence per method saying whether EM and the posterior agree.
     hdi_prob : float
+    feature_names : tuple of str, optional
+        The EM fit's feature names (they appear in the table's row labels).
     """
 
     table: pd.DataFrame
@@ -119,21 +225,97 @@ class Comparison:
     agree: dict[str, bool]
     summary: str
     hdi_prob: float
+    feature_names: tuple[str, ...] | None = None
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The wide table: one row per parameter element, every column of every method
+        (a copy of :attr:`table`)."""
+        return self.table.copy()
+
+    def to_text(self, width: int = TEXT_WIDTH) -> str:
+        """The comparison as text at most ``width`` characters wide: one block per
+        method (EM's estimate and standard error beside the method's posterior mean,
+        sd, HDI and diagnostics), the per-method table and the verdicts.  Columns that
+        do not fit are left out, least important first (ESS, r-hat, the sd / SE ratio,
+        the Wald check, EM's SE); :meth:`to_pandas` has them all."""
+        width = check_int(width, "width", minimum=60)
+        tags = [t for t in self.methods.index if t != "em"]
+        pct = round(100 * self.hdi_prob)
+        out = []
+        table = self.table
+        labels, legend = self._text_labels(width)
+        out += legend
+        has_se = "em_se" in table
+        if tags:
+            out += textwrap.wrap(
+                f"EM's estimate and standard error beside each method's posterior mean, sd and "
+                f"{pct}% HDI; in: EM inside the HDI; Wald: EM's Wald interval meets the HDI; "
+                "sd/se: posterior sd over EM's standard error.",
+                width,
+            )
+            out.append("")
+        for tag in tags:
+            cols: list[_Column] = [
+                _Column("em", _numbers(table["em"])),
+                _Column("em_se", _numbers(table["em_se"]), drop=4) if has_se else None,
+                _Column("mean", _numbers(table[f"{tag}_mean"])),
+                _Column("sd", _numbers(table[f"{tag}_sd"])),
+                _Column(
+                    f"{pct}% HDI",
+                    _intervals(table[f"{tag}_hdi_low"], table[f"{tag}_hdi_high"]),
+                ),
+                _Column("in", _flags(table[f"{tag}_em_in_hdi"])),
+                _Column("sd/se", _ratios(table[f"{tag}_sd"], table["em_se"]), drop=2)
+                if has_se
+                else None,
+                _Column("Wald", _flags(table[f"{tag}_wald_overlap"]), drop=3)
+                if f"{tag}_wald_overlap" in table
+                else None,
+                _Column("r_hat", _numbers(table[f"{tag}_r_hat"], "{:.3f}"), drop=1),
+                _Column("ess", _numbers(table[f"{tag}_ess"], "{:.0f}"), drop=0),
+            ]
+            out.append(f"{tag}:")
+            out += _render(
+                "parameter", labels, [c for c in cols if c is not None], width, grouped=True
+            )
+            out.append("")
+        m = self.methods
+        method_cols = [
+            _Column("log-lik", _numbers(m["log_likelihood"], "{:.6g}")),
+            _Column("ELBO", _numbers(m["elbo"], "{:.6g}"), drop=5),
+            _Column("ELBO se", _numbers(m["elbo_se"]), drop=1),
+            _Column("diverg.", _numbers(m["divergences"], "{:.0f}"), drop=4),
+            _Column("max r_hat", _numbers(m["max_r_hat"], "{:.3f}"), drop=3),
+            _Column("min ess", _numbers(m["min_ess"], "{:.0f}"), drop=2),
+            _Column("seconds", _numbers(m["seconds"], "{:.3g}"), drop=6),
+            _Column("compile s", _numbers(m["compile_seconds"], "{:.3g}"), drop=0),
+        ]
+        out += _render("method", [str(t) for t in m.index], method_cols, width)
+        out.append("")
+        for line in self.summary.splitlines():
+            out += textwrap.wrap(line, width, subsequent_indent="  ") or [""]
+        return "\n".join(out)
+
+    def _text_labels(self, width: int) -> tuple[list[str], list[str]]:
+        """Row labels for the text view: with feature names, unless names make a row
+        label longer than ``TEXT_LABEL_WIDTH``; then feature numbers and a legend."""
+        labels = [str(n) for n in self.table.index]
+        names = self.feature_names
+        if names is None or max(len(x) - len(x.partition("[")[0]) for x in labels) <= (
+            TEXT_LABEL_WIDTH - 2
+        ):
+            return labels, []
+        number = {name: str(j) for j, name in enumerate(names)}
+        short = []
+        for label in labels:
+            group, _, rest = label.partition("[")
+            parts = rest[:-1].split(", ")
+            short.append(f"{group}[{', '.join(number.get(x, x) for x in parts)}]")
+        legend = "features: " + ", ".join(f"{j} = {name}" for j, name in enumerate(names))
+        return short, [*textwrap.wrap(legend, width, subsequent_indent="  "), ""]
 
     def __str__(self) -> str:
-        import pandas as pd
-
-        with pd.option_context(
-            "display.max_rows",
-            500,
-            "display.width",
-            160,
-            "display.max_columns",
-            50,
-            "display.float_format",
-            "{:.4g}".format,
-        ):
-            return f"{self.table}\n\n{self.methods}\n\n{self.summary}"
+        return self.to_text()
 
     __repr__ = __str__
 
@@ -223,10 +405,11 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
                 inside.append(bool(abs(flat[0] - em_value) <= 0.01 * abs(em_value) + 1e-10))
             else:
                 inside.append(bool(interval[0] <= em_value <= interval[1]))
-            rhat.append(
-                float(split_gelman_rubin(x)) if x.shape[0] > 1 and x.shape[1] > 3 else np.nan
-            )
-            ess.append(float(effective_sample_size(x)) if x.shape[1] > 3 else np.nan)
+            with np.errstate(invalid="ignore", divide="ignore"):  # a constant: NaN
+                rhat.append(
+                    float(split_gelman_rubin(x)) if x.shape[0] > 1 and x.shape[1] > 3 else np.nan
+                )
+                ess.append(float(effective_sample_size(x)) if x.shape[1] > 3 else np.nan)
         if em_se is not None and not point_only:
             from statistics import NormalDist
 
@@ -304,4 +487,5 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
         agree=agree,
         summary="\n".join([*lines, *se_note]) if lines else "EM only: nothing to compare with.",
         hdi_prob=hdi_prob,
+        feature_names=em.feature_names,
     )

@@ -40,12 +40,13 @@ class _DataSet(NamedTuple):
     file: str
     features: tuple[str, ...] | None = None  # None: every column
     weight: str | None = None  # a column of frequency weights
+    units: tuple[tuple[str, str], ...] = ()  # (column, unit)
 
 
 _DATASETS = {
-    "faithful": _DataSet("faithful.csv"),
-    "galaxies": _DataSet("galaxies.csv"),
-    "quine": _DataSet("quine.csv", features=("Days",)),
+    "faithful": _DataSet("faithful.csv", units=(("eruptions", "min"), ("waiting", "min"))),
+    "galaxies": _DataSet("galaxies.csv", units=(("velocity", "km/s"),)),
+    "quine": _DataSet("quine.csv", features=("Days",), units=(("Days", "days"),)),
     "lsat6": _DataSet("lsat6.csv", features=("Q1", "Q2", "Q3", "Q4", "Q5"), weight="count"),
 }
 
@@ -91,7 +92,10 @@ def load(name: str, as_frame: bool = False, with_weights: bool = False) -> Any:
     name : {"faithful", "galaxies", "quine", "lsat6"}
     as_frame : bool
         Return a pandas DataFrame with every column of the table (categorical
-        columns and counts included) instead of the numeric features.
+        columns and counts included) instead of the numeric features; its
+        ``attrs["units"]`` maps columns to units (``{"waiting": "min"}``), which
+        :func:`mixlab.fit` keeps for plot axes.  Fit ``frame[columns(name)]``
+        to fit the features by name.
     with_weights : bool
         Also return the frequency weights of the rows (``lsat6``: how many
         examinees gave each response pattern; other data sets: ones).
@@ -115,6 +119,7 @@ def load(name: str, as_frame: bool = False, with_weights: bool = False) -> Any:
                 frame[col] = pd.to_numeric(frame[col])
             except (ValueError, TypeError):
                 pass  # a categorical column stays text
+        frame.attrs["units"] = dict(spec.units)
         return frame
     names = columns(name)
     index = [header.index(c) for c in names]

@@ -158,6 +158,10 @@ def save_result(result: Any, path: str | os.PathLike, include_data: bool = False
         "mixlab_version": result.mixlab_version,
         "scalars": {name: _encode(getattr(result, name), name, arrays) for name in _SCALARS},
         "tree": tree,
+        "features": {
+            "names": None if result.feature_names is None else list(result.feature_names),
+            "units": None if result.feature_units is None else list(result.feature_units),
+        },
         "digests": {name: _digest(a) for name, a in arrays.items()},
     }
     payload = {f"a{i}": a for i, a in enumerate(arrays.values())}
@@ -235,4 +239,8 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise LoadError(f"{path}: the saved parameters are invalid ({exc})") from None
     values["mixlab_version"] = meta.get("mixlab_version")
+    features = meta.get("features") or {}  # absent in files of mixlab before names
+    for name in ("names", "units"):
+        given = features.get(name)
+        values[f"feature_{name}"] = None if given is None else tuple(map(str, given))
     return values

@@ -83,7 +83,7 @@ def _data(result: FitResult, X: Any) -> np.ndarray:
                 "include_data=True); pass the data as X"
             )
         X = result.data
-    Xc = check_data(X, np.dtype(np.float64))
+    Xc = check_data(result._input(X), np.dtype(np.float64))
     if Xc.shape[1] != result.n_features:
         raise ValueError(
             f"X has {Xc.shape[1]} feature(s) but the mixture was fitted on "
@@ -92,9 +92,23 @@ def _data(result: FitResult, X: Any) -> np.ndarray:
     return Xc
 
 
-def _check_feature(feature: Any, n_features: int, name: str = "feature") -> int:
+def _check_feature(feature: Any, result: FitResult, name: str = "feature") -> int:
+    """A column index from an index or (for named data) a feature name."""
+    n_features = result.n_features
+    names = result.feature_names
+    if isinstance(feature, str):
+        if names is None or feature not in names:
+            known = (
+                f"the features are {', '.join(map(repr, names))}"
+                if names
+                else ("the data have no feature names (fit a DataFrame or pass feature_names=)")
+            )
+            raise ValueError(f"{name}={feature!r} is not a feature of the fit; {known}")
+        return names.index(feature)
     if isinstance(feature, bool | np.bool_) or not isinstance(feature, numbers.Integral):
-        raise TypeError(f"{name} must be an integer column index, got {type(feature).__name__}")
+        raise TypeError(
+            f"{name} must be a column index or a feature name, got {type(feature).__name__}"
+        )
     feature = int(feature)
     if not 0 <= feature < n_features:
         raise ValueError(
@@ -104,7 +118,8 @@ def _check_feature(feature: Any, n_features: int, name: str = "feature") -> int:
     return feature
 
 
-def _check_features(features: Any, n_features: int, what: str) -> tuple[int, int]:
+def _check_features(features: Any, result: FitResult, what: str) -> tuple[int, int]:
+    n_features = result.n_features
     if n_features < 2:
         raise ValueError(
             f"{what} needs at least 2 features but the mixture has {n_features}; "
@@ -120,8 +135,8 @@ def _check_features(features: Any, n_features: int, what: str) -> tuple[int, int
             f"features must name exactly 2 columns, e.g. (0, 1); got {len(features)}: "
             f"{tuple(features)}"
         )
-    i = _check_feature(features[0], n_features, "features[0]")
-    j = _check_feature(features[1], n_features, "features[1]")
+    i = _check_feature(features[0], result, "features[0]")
+    j = _check_feature(features[1], result, "features[1]")
     if i == j:
         raise ValueError(f"features must be two different columns, got ({i}, {j})")
     return i, j
@@ -191,9 +206,9 @@ def _draw_components(
     )
 
 
-def _feature_labels(ax: Axes, features: tuple[int, int]) -> None:
-    ax.set_xlabel(f"feature {features[0]}")
-    ax.set_ylabel(f"feature {features[1]}")
+def _feature_labels(ax: Axes, result: FitResult, features: tuple[int, int]) -> None:
+    ax.set_xlabel(result.feature_label(features[0]))
+    ax.set_ylabel(result.feature_label(features[1]))
 
 
 # ----------------------------------------------------------------------------- trace
@@ -319,8 +334,10 @@ def scatter_2d(
         At most this many rows are drawn, chosen at random without replacement.
     seed : int, default 0
         Seed of ``np.random.default_rng`` for that choice.
-    features : (int, int), default (0, 1)
-        Columns on the x and y axes.
+    features : (int, int) or (str, str), default (0, 1)
+        Columns on the x and y axes, by index or by feature name
+        (:attr:`FitResult.feature_names`); axes are labelled with the names
+        and units where the fit has them.
     ellipses : bool, default True
         Draw every component's ellipses at 1 and 2 standard deviations (from the 2x2
         block of ``result.params.full_covariances()``, shape (K, D, D)).  The means are
@@ -338,7 +355,7 @@ def scatter_2d(
         Fewer than 2 features, features out of range, or data that do not match the fit.
     """
     result = _check_result(result)
-    features = _check_features(features, result.n_features, "scatter_2d")
+    features = _check_features(features, result, "scatter_2d")
     n_points = check_int(n_points, "n_points", 1)
     seed = check_int(seed, "seed", 0)
     Xc = _data(result, X)
@@ -351,7 +368,7 @@ def scatter_2d(
     i, j = features
     ax.scatter(Xc[:, i], Xc[:, j], c=colors[labels], s=12, alpha=0.7, linewidths=0, gid="points")
     _draw_components(ax, result.params, features, colors, ellipses=bool(ellipses))
-    _feature_labels(ax, features)
+    _feature_labels(ax, result, features)
     ax.set_title(f"{result.method.upper()} fit, {result.n_components} component(s)")
     return fig
 
@@ -380,8 +397,8 @@ def density_1d(
         Data of the histogram; by default the data that were fitted.
     bins : int, default 50
         Histogram bins.
-    feature : int, default 0
-        Column to draw.
+    feature : int or str, default 0
+        Column to draw, by index or by feature name.
     ax : matplotlib.axes.Axes, optional
         Axes to draw into; by default a new figure.
 
@@ -398,7 +415,7 @@ def density_1d(
         ``feature`` out of range, ``bins`` < 1, or data that do not match the fit.
     """
     result = _check_result(result)
-    feature = _check_feature(feature, result.n_features)
+    feature = _check_feature(feature, result)
     bins = check_int(bins, "bins", 1)
     Xc = _data(result, X)
     x = Xc[:, feature]
@@ -440,7 +457,7 @@ def density_1d(
         )
     span = float(x.max() - x.min()) or 1.0
     ax.set_xlim(float(x.min()) - 0.1 * span, float(x.max()) + 0.1 * span)
-    ax.set_xlabel(f"feature {feature}")
+    ax.set_xlabel(result.feature_label(feature))
     ax.set_ylabel("density")
     ax.legend()
     return fig
@@ -534,8 +551,10 @@ def snapshots(
         Data to draw; by default the data that were fitted.
     iterations : sequence of int, default (1, 5, 10, 15)
         Iterations to show, each between 0 and ``result.n_iter``; one panel each.
-    features : (int, int), default (0, 1)
-        Columns on the x and y axes.
+    features : (int, int) or (str, str), default (0, 1)
+        Columns on the x and y axes, by index or by feature name
+        (:attr:`FitResult.feature_names`); axes are labelled with the names
+        and units where the fit has them.
 
     Returns
     -------
@@ -556,7 +575,7 @@ def snapshots(
             "this result has no params_trace: snapshots need the parameters of every EM "
             "iteration; refit with ml.fit(X, k, method=ml.EM(record_params=True))"
         )
-    features = _check_features(features, result.n_features, "snapshots")
+    features = _check_features(features, result, "snapshots")
     if isinstance(iterations, numbers.Integral):
         iterations = (iterations,)
     if isinstance(iterations, str | bytes) or not isinstance(iterations, Sequence | np.ndarray):
@@ -606,13 +625,24 @@ def snapshots(
         )
         _draw_components(ax, params_t, features, colors)
         ax.set_title(f"iteration {t}")
-        ax.set_xlabel(f"feature {i}")
-    axes[0, 0].set_ylabel(f"feature {j}")
+        ax.set_xlabel(result.feature_label(i))
+    axes[0, 0].set_ylabel(result.feature_label(j))
     fig.suptitle("EM snapshots (colour: responsibility of component 0)")
     return fig
 
 
 # ----------------------------------------------------------------------------- forest
+def _readable_limits(values: np.ndarray) -> tuple[float, float]:
+    """x-limits around ``values`` with a 15% margin (a point gets +-1% of its size)."""
+    values = values[np.isfinite(values)]
+    lo, hi = float(values.min()), float(values.max())
+    span = hi - lo
+    if span <= 1e-12 * max(abs(lo), abs(hi), 1e-300):
+        span = max(abs(lo), 1e-12) * 0.02
+        return lo - span / 2.0, hi + span / 2.0
+    return lo - 0.15 * span, hi + 0.15 * span
+
+
 def forest(
     em: FitResult,
     *others: FitResult,
@@ -626,8 +656,10 @@ def forest(
     per parameter element, a horizontal HDI per method (slightly offset, gid
     ``"hdi-{tag}"``), its posterior mean as a dot (gid ``"mean-{tag}"``) and EM's value as
     a red cross (gid ``"em"``).  Point estimates (SVI delta guide) have no interval: only
-    the dot is drawn.  One panel per parameter group, each with its own x scale; the means
-    get one panel per feature, as features have their own units.
+    the dot is drawn.  One panel per parameter element, each with its own x scale around
+    its intervals, so that parameters of very different sizes (and features in their own
+    units) all show their intervals at a readable width; panels of one parameter group
+    follow each other under the group's name.
 
     Parameters
     ----------
@@ -685,84 +717,77 @@ def forest(
     cmp = compare(em, *others, hdi_prob=hdi_prob)
     table = cmp.table
     tags = [tag for tag in cmp.methods.index if tag != "em"]
-    names = [str(n) for n in table.index]
-    n_features = em.params.n_features
-    panels: list[tuple[str, list[str]]] = []
-    for group in groups:
-        rows = [n for n in names if n.startswith(f"{group}[")]
-        per_feature = group != "weights" and em.params.family.spec(group).dims == (
-            "component",
-            "feature",
-        )
-        if per_feature and n_features > 1:  # features have their own units and scales
-            for d in range(n_features):
-                panels.append((f"{group}, feature {d}", [n for n in rows if n.endswith(f",{d}]")]))
-        else:
-            panels.append((group, rows))
-    panels = [(title, rows) for title, rows in panels if rows]
+    elements = [
+        (group, label)
+        for group in groups
+        for label in (str(n) for n in table.index)
+        if label.startswith(f"{group}[")
+    ]
     import matplotlib
     import matplotlib.pyplot as plt
 
     tab10 = matplotlib.colormaps["tab10"]
     palette = [tab10(c) for c in (0, 1, 2, 4, 5, 6, 7, 8, 9)]
-    n_total = sum(len(rows) for _, rows in panels)
     fig, axes = plt.subplots(
-        len(panels),
+        len(elements),
         1,
-        figsize=(8.0, 0.8 + 0.4 * n_total + 0.5 * len(panels)),
-        height_ratios=[len(rows) + 0.5 for _, rows in panels],
+        figsize=(8.0, 1.0 + 0.55 * len(elements)),
         squeeze=False,
         layout="constrained",
     )
     step = min(0.6 / max(len(tags), 1), 0.2)
-    for ax, (title, labels) in zip(axes[:, 0], panels):
-        y = np.arange(len(labels))[::-1].astype(np.float64)
-        sub = table.loc[labels]
+    z = None
+    if em_interval and "em_se" in table:
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf(0.5 + cmp.hdi_prob / 2.0)
+    previous_group = None
+    for ax, (group, label) in zip(axes[:, 0], elements):
+        row = table.loc[label]
+        shown = [float(row["em"])]
         for m, tag in enumerate(tags):
             offset = (m - (len(tags) - 1) / 2.0) * step
             color = palette[m % len(palette)]
-            lo = sub[f"{tag}_hdi_low"].to_numpy(dtype=np.float64)
-            hi = sub[f"{tag}_hdi_high"].to_numpy(dtype=np.float64)
-            mean = sub[f"{tag}_mean"].to_numpy(dtype=np.float64)
-            has = np.isfinite(lo) & np.isfinite(hi)
-            if has.any():
+            lo, hi = float(row[f"{tag}_hdi_low"]), float(row[f"{tag}_hdi_high"])
+            mean = float(row[f"{tag}_mean"])
+            has = np.isfinite(lo) and np.isfinite(hi)
+            if has:
                 ax.hlines(
-                    y[has] + offset,
-                    lo[has],
-                    hi[has],
+                    [offset],
+                    [lo],
+                    [hi],
                     colors=[color],
                     linewidth=2.0,
                     label=f"{tag} {round(100 * cmp.hdi_prob)}% HDI",
                     gid=f"hdi-{tag}",
                 )
+                shown += [lo, hi]
             ax.scatter(
-                mean,
-                y + offset,
+                [mean],
+                [offset],
                 color=color,
                 s=22,
                 zorder=3,
-                label=f"{tag} mean" if has.any() else f"{tag} (point estimate)",
+                label=f"{tag} mean" if has else f"{tag} (point estimate)",
                 gid=f"mean-{tag}",
             )
-        if em_interval and "em_se" in sub:
-            from statistics import NormalDist
-
-            z = NormalDist().inv_cdf(0.5 + cmp.hdi_prob / 2.0)
-            centre = sub["em"].to_numpy(dtype=np.float64)
-            half = z * sub["em_se"].to_numpy(dtype=np.float64)
+            shown.append(mean)
+        if z is not None:
+            centre, half = float(row["em"]), z * float(row["em_se"])
             ax.hlines(
-                y,
-                centre - half,
-                centre + half,
+                [0.0],
+                [centre - half],
+                [centre + half],
                 colors="red",
                 linewidth=1.0,
                 zorder=3,
                 label=f"EM ± {z:.2f} SE (Wald, {round(100 * cmp.hdi_prob)}%)",
                 gid="em-interval",
             )
+            shown += [centre - half, centre + half]
         ax.scatter(
-            sub["em"].to_numpy(dtype=np.float64),
-            y,
+            [float(row["em"])],
+            [0.0],
             marker="x",
             color="red",
             s=50,
@@ -771,14 +796,124 @@ def forest(
             label="EM",
             gid="em",
         )
-        ax.set_yticks(y, labels)
-        ax.set_ylim(-0.6, len(labels) - 0.4)
-        ax.set_title(title, loc="left", fontsize="medium")
+        ax.set_xlim(*_readable_limits(np.asarray(shown, dtype=np.float64)))
+        ax.ticklabel_format(axis="x", useOffset=False)
+        ax.tick_params(axis="x", labelsize="small")
+        ax.set_yticks([0.0], [label])
+        ax.set_ylim(-0.5, 0.5)
         ax.grid(axis="x", alpha=0.3)
+        if group != previous_group:
+            ax.set_title(group, loc="left", fontsize="medium")
+            previous_group = group
     handles, texts = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, texts, loc="outside right upper", fontsize="small")
     fig.suptitle(f"EM against {round(100 * cmp.hdi_prob)}% posterior intervals")
     return fig
 
 
-__all__ = ["density_1d", "forest", "restarts", "scatter_2d", "snapshots", "trace"]
+# ----------------------------------------------------------------------------- selection
+def selection(selection: Any, criterion: str | None = None, ax: Axes | None = None) -> Figure:
+    """A criterion against the number of components, one line per model (as mclust draws BIC).
+
+    Parameters
+    ----------
+    selection : Selection
+        The result of :func:`mixlab.select`.
+    criterion : {"bic", "aic", "icl", "loo"}, optional
+        The criterion to draw; by default the one ``selection`` ranked by.  ``"loo"``
+        needs a selection made with SVI or NUTS.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into; by default a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure of the Axes drawn into: one line with markers per (family,
+        covariance) model, in table order (gid ``"selection-{m}"``, labelled
+        ``"family, covariance"``; points sorted by K,
+        NaN where a candidate was skipped or failed), and the lowest point of the
+        criterion ringed (gid ``"best"``; the first in table order on a tie, which for
+        the selection's own criterion is ``selection.best_key``).
+
+    Raises
+    ------
+    TypeError
+        ``selection`` is not a Selection.
+    ValueError
+        An unknown criterion, ``"loo"`` for a selection without LOO, or no finite value
+        to draw.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    from mixlab.select import CRITERIA, Selection
+
+    if not isinstance(selection, Selection):
+        raise TypeError(
+            "selection must be a Selection (the return value of ml.select), "
+            f"got {type(selection).__name__}"
+        )
+    table = selection.table
+    criterion = selection.criterion if criterion is None else criterion
+    if criterion not in CRITERIA:
+        raise ValueError(
+            f"criterion must be one of {', '.join(map(repr, CRITERIA))}; got {criterion!r}"
+        )
+    if criterion not in table.columns:
+        raise ValueError(
+            f"this selection has no {criterion!r} column: PSIS-LOO comes with "
+            "ml.select(..., method=ml.NUTS(...) or ml.SVI(...)); draw 'bic', 'aic' or 'icl'"
+        )
+    values = table[criterion].to_numpy(dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise ValueError(f"no candidate has a finite {criterion}; nothing to draw")
+    families = table["family"].tolist()
+    layouts = table["covariance"].tolist()
+    ks = table["n_components"].to_numpy(dtype=np.int64)
+    models = list(dict.fromkeys(zip(families, layouts)))
+    markers = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+    fig, ax = _new_axes(ax)
+    for m, model in enumerate(models):
+        rows = np.array([i for i, key in enumerate(zip(families, layouts)) if key == model])
+        rows = rows[np.argsort(ks[rows], kind="stable")]
+        family, layout = model
+        ax.plot(
+            ks[rows],
+            values[rows],
+            marker=markers[m % len(markers)],
+            linewidth=1.5,
+            markersize=6,
+            label=family if layout is None else f"{family}, {layout}",
+            gid=f"selection-{m}",
+        )
+    best = int(np.flatnonzero(values == np.min(values[finite]))[0])
+    best_label = families[best] if layouts[best] is None else f"{families[best]}, {layouts[best]}"
+    ax.scatter(
+        [ks[best]],
+        [values[best]],
+        s=250,
+        facecolors="none",
+        edgecolors="red",
+        linewidths=2.0,
+        zorder=4,
+        label=f"best: {best_label}, K={ks[best]}",
+        gid="best",
+    )
+    name = criterion.upper()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("number of components K")
+    scale = ": -2 elpd_loo" if criterion == "loo" else ""
+    ax.set_ylabel(f"{name}{scale} (lower is better)")
+    ax.legend()
+    return fig
+
+
+__all__ = [
+    "density_1d",
+    "forest",
+    "restarts",
+    "scatter_2d",
+    "selection",
+    "snapshots",
+    "trace",
+]

@@ -98,6 +98,16 @@ class FitResult:
         The frequency weights of the rows, when the fit had them.
     mixlab_version : str
         The mixlab version that made the fit (kept through save and load).
+    feature_names : tuple of str, optional
+        The data's column names (a pandas or polars DataFrame, a named Series,
+        or ``fit(..., feature_names=)``); they label the summary, the
+        comparison's rows, plot axes, ArviZ coordinates and the CLI's files.
+        A DataFrame given to :meth:`predict` and friends is matched to them by
+        name.  ``None`` for unnamed arrays.
+    feature_units : tuple of str, optional
+        Each feature's unit (``""`` where none), from a pandas DataFrame's
+        ``attrs["units"]`` (a dict from column to unit, as the embedded data
+        sets carry); shown on plot axes, e.g. "waiting (min)".
     """
 
     method: str
@@ -117,6 +127,8 @@ class FitResult:
     data: np.ndarray | None = field(default=None, repr=False)
     sample_weight: np.ndarray | None = field(default=None, repr=False)
     mixlab_version: str = __version__
+    feature_names: tuple[str, ...] | None = None
+    feature_units: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------ prediction
     @property
@@ -139,17 +151,42 @@ class FitResult:
             return float(self.n_samples)
         return float(np.sum(self.sample_weight))
 
+    def feature_label(self, j: int, units: bool = True) -> str:
+        """The name of feature ``j`` for display: ``"waiting (min)"``, ``"waiting"``, or
+        ``"feature j"`` for unnamed data."""
+        if self.feature_names is None:
+            return f"feature {j}"
+        unit = self.feature_units[j] if units and self.feature_units is not None else ""
+        return f"{self.feature_names[j]} ({unit})" if unit else self.feature_names[j]
+
+    def _input(self, X: Any) -> Any:
+        """``X`` with a data frame's columns put in the fitted order, by name."""
+        from mixlab._validation import feature_names_of
+
+        names = feature_names_of(X)
+        if self.feature_names is None or names is None or names == self.feature_names:
+            return X
+        missing = [n for n in self.feature_names if n not in names]
+        if missing:
+            raise ValueError(
+                f"X has no column(s) {', '.join(map(repr, missing))}; the mixture was fitted on "
+                f"{', '.join(map(repr, self.feature_names))}; pass a frame with those columns"
+            )
+        return X[list(self.feature_names)]
+
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Responsibilities ``p(z = k | x)``, shape ``(n_samples, n_components)``."""
-        return np.exp(e_step(X, self.params).log_resp)
+        """Responsibilities ``p(z = k | x)``, shape ``(n_samples, n_components)``.
+
+        A DataFrame's columns are matched to :attr:`feature_names` by name."""
+        return np.exp(e_step(self._input(X), self.params).log_resp)
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable component of each row, shape ``(n_samples,)``."""
-        return np.argmax(e_step(X, self.params).log_resp, axis=1)
+        return np.argmax(e_step(self._input(X), self.params).log_resp, axis=1)
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Per-sample log-likelihood ``log p(x_i)``, shape ``(n_samples,)``."""
-        return np.asarray(e_step(X, self.params).log_prob_norm)
+        return np.asarray(e_step(self._input(X), self.params).log_prob_norm)
 
     def score(self, X: Any) -> float:
         """Mean per-sample log-likelihood (scikit-learn's ``score``)."""
@@ -158,6 +195,79 @@ class FitResult:
     def sample(self, key: KeyLike, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``(X, labels)`` from the fitted mixture; see :meth:`MixtureParams.sample`."""
         return self.params.sample(key, n_samples)
+
+    # ---------------------------------------------------------------- labels
+    def reorder(self, order: str | None = "location") -> FitResult:
+        """The same fit with its components numbered in a canonical order.
+
+        A mixture's labels are arbitrary: two fits of the same data (other
+        keys, other methods) find the same components under different
+        numbers.  ``fit(..., order=)`` applies this to every result, so fits
+        line up.
+
+        Parameters
+        ----------
+        order : {"location", "weights"} or None
+            ``"location"``: by the family's location parameter (``means``,
+            ``rates``, ``probs``), ascending in the first feature, later
+            features breaking ties.  ``"weights"``: largest weight first.
+            ``None``: the result as it is.
+
+        Returns
+        -------
+        FitResult
+            Parameters, the EM parameter trace, posterior draws (and their
+            r-hat, ESS and label permutations) and the component numbers in
+            the collapse diagnostics, all renumbered alike; the data, the
+            log-likelihood and everything else unchanged.
+        """
+        from dataclasses import replace
+
+        from mixlab.align import canonical_permutation, permute_components
+
+        perm = canonical_permutation(self.params, order)
+        settings = {**self.settings, "order": order}
+        if np.array_equal(perm, np.arange(self.n_components)):
+            return replace(self, settings=settings)
+        family = self.family
+
+        def params_in_order(params: MixtureParams, axis: int) -> MixtureParams:
+            values = permute_components(
+                {"weights": params.weights, **params.components}, perm, family, axis
+            )
+            weights = values.pop("weights")
+            return MixtureParams.trusted(weights, values, family)
+
+        new_number = np.argsort(perm)  # old component k is now new_number[k]
+        diagnostics = dict(self.diagnostics)
+        for name in ("collapses", "reinitialisations"):
+            if diagnostics.get(name):
+                at = 0 if name == "collapses" else 1  # (k, t, kind) / (t, k)
+                diagnostics[name] = [
+                    tuple(int(new_number[v]) if i == at else v for i, v in enumerate(entry))
+                    for entry in diagnostics[name]
+                ]
+        if "label_permutations" in diagnostics:
+            diagnostics["label_permutations"] = np.asarray(diagnostics["label_permutations"])[
+                ..., perm
+            ]
+        if isinstance(diagnostics.get("reference_params"), MixtureParams):
+            diagnostics["reference_params"] = params_in_order(diagnostics["reference_params"], 0)
+        for name in ("r_hat", "ess"):
+            if isinstance(diagnostics.get(name), dict):
+                diagnostics[name] = permute_components(diagnostics[name], perm, family, 0)
+        return replace(
+            self,
+            params=params_in_order(self.params, 0),
+            params_trace=None
+            if self.params_trace is None
+            else params_in_order(self.params_trace, 1),
+            posterior=None
+            if self.posterior is None
+            else permute_components(self.posterior, perm, family, 2),
+            settings=settings,
+            diagnostics=diagnostics,
+        )
 
     # ------------------------------------------------------ model selection
     @property
@@ -172,12 +282,12 @@ class FitResult:
         observations is ``sum(sample_weight)``.
         """
         n = np.shape(X)[0] if sample_weight is None else float(np.sum(sample_weight))
-        ll = log_likelihood(X, self.params, sample_weight=sample_weight)
+        ll = log_likelihood(self._input(X), self.params, sample_weight=sample_weight)
         return float(-2.0 * ll + self.n_parameters * np.log(n))
 
     def aic(self, X: Any, sample_weight: Any = None) -> float:
         """Akaike information criterion on ``X`` (lower is better)."""
-        ll = log_likelihood(X, self.params, sample_weight=sample_weight)
+        ll = log_likelihood(self._input(X), self.params, sample_weight=sample_weight)
         return float(-2.0 * ll + 2.0 * self.n_parameters)
 
     # ----------------------------------------------------------- uncertainty
@@ -311,6 +421,9 @@ class FitResult:
             lines.append(
                 f"collapsed component(s): {told}" + (f"; {restarts} restart(s)" if restarts else "")
             )
+        if self.feature_names is not None:
+            named = ", ".join(self.feature_label(j) for j in range(p.n_features))
+            lines.append(f"features: {named}")
         mean, cov = p.moments()
         for k in range(p.n_components):
             sd = np.sqrt(np.diagonal(cov[k]))

@@ -187,7 +187,7 @@ def test_compare_and_demo_write_the_comparison(tmp_path, capsys):
 
     table = pd.read_csv(out / "comparison.csv", index_col="parameter")
     assert len(table) == 12 and table["nuts_em_in_hdi"].all()
-    assert "means[0,1]" in table.index
+    assert "means[0, waiting]" in table.index  # the columns' names
     assert _png_ok(out / "forest.png") and _png_ok(out / "nuts_scatter.png")
     from mixlab.arviz_io import import_arviz
 
@@ -214,3 +214,13 @@ def test_compare_and_demo_write_the_comparison(tmp_path, capsys):
     )
     assert "Old Faithful" not in capsys.readouterr().out  # --quiet skips the banner
     assert (demo_out / "comparison.csv").exists() and _png_ok(demo_out / "forest.png")
+
+
+def test_fit_names_the_features_of_an_embedded_data_set(tmp_path, capsys):
+    out = tmp_path / "named"
+    assert cli.main(["fit", "faithful", "-k", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "features: eruptions (min), waiting (min)" in printed
+    saved = ml.FitResult.load(out / "result.npz")
+    assert saved.feature_names == ("eruptions", "waiting")
+    assert json.loads((out / "params.json").read_text())["columns"] == ["eruptions", "waiting"]

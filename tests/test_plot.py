@@ -345,8 +345,10 @@ def test_density_1d_bad_input(em, galaxies_result):
         plot.density_1d(galaxies_result, feature=1)
     with pytest.raises(ValueError, match="2 feature.*fitted on 1"):
         plot.density_1d(galaxies_result, em.data)
-    with pytest.raises(TypeError, match="feature must be an integer"):
-        plot.density_1d(em, feature="waiting")
+    with pytest.raises(TypeError, match="feature must be a column index or a feature name"):
+        plot.density_1d(em, feature=1.0)
+    with pytest.raises(ValueError, match="'waiting' is not a feature.*no feature names"):
+        plot.density_1d(em, feature="waiting")  # the fit had an array: no names
     with pytest.raises(ValueError, match="bins must be >= 1"):
         plot.density_1d(em, bins=0)
 
@@ -439,43 +441,34 @@ def test_snapshots_bad_input(em, galaxies_result):
 def test_forest_intervals_means_and_em(em, nuts, svi_delta, tmp_path):
     fig = plot.forest(em, nuts, svi_delta, hdi_prob=0.9)
     table = ml.compare(em, nuts, svi_delta, hdi_prob=0.9).table
-    # panels: weights, then the means of each feature (features have their own scales)
-    assert [ax.get_title(loc="left") for ax in fig.axes] == [
-        "weights",
-        "means, feature 0",
-        "means, feature 1",
-    ]
-    panel_rows = [
-        ["weights[0]", "weights[1]"],
-        ["means[0,0]", "means[1,0]"],
-        ["means[0,1]", "means[1,1]"],
-    ]
-    assert sorted(n for rows in panel_rows for n in rows) == sorted(
-        n for n in table.index if n.startswith(("weights[", "means["))
-    )
-    for ax, names in zip(fig.axes, panel_rows):
-        assert [t.get_text() for t in ax.get_yticklabels()] == names
-        sub = table.loc[names]
-        hdi = _one(ax, "hdi-nuts", LineCollection)
-        segments = hdi.get_segments()
-        assert len(segments) == len(names)  # one interval per parameter
-        np.testing.assert_allclose([s[0, 0] for s in segments], sub["nuts_hdi_low"])
-        np.testing.assert_allclose([s[1, 0] for s in segments], sub["nuts_hdi_high"])
-        assert sub["nuts_hdi_low"].lt(sub["nuts_hdi_high"]).all()
-        nuts_dots = np.asarray(_one(ax, "mean-nuts").get_offsets())
-        np.testing.assert_allclose(nuts_dots[:, 0], sub["nuts_mean"])
-        # each interval lies on the line of its mean
-        np.testing.assert_allclose([seg[:, 1] for seg in segments], nuts_dots[:, [1, 1]])
+    # one panel per parameter element, in the table's order, titled at each group's start
+    names = [n for n in table.index if n.startswith(("weights[", "means["))]
+    assert len(fig.axes) == len(names) == 6
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["weights", "", "means", "", "", ""]
+    for ax, name in zip(fig.axes, names):
+        assert [t.get_text() for t in ax.get_yticklabels()] == [name]
+        row = table.loc[name]
+        (segment,) = _one(ax, "hdi-nuts", LineCollection).get_segments()
+        np.testing.assert_allclose(segment[:, 0], [row["nuts_hdi_low"], row["nuts_hdi_high"]])
+        assert row["nuts_hdi_low"] < row["nuts_hdi_high"]
+        (nuts_dot,) = np.asarray(_one(ax, "mean-nuts").get_offsets())
+        assert nuts_dot[0] == pytest.approx(row["nuts_mean"], rel=1e-12)
+        assert segment[0, 1] == segment[1, 1] == nuts_dot[1]  # the interval on its dot's line
         # the point estimate has no interval, only its dot
         assert _by_gid(ax, "hdi-svi_delta") == []
-        svi_dots = np.asarray(_one(ax, "mean-svi_delta").get_offsets())
-        np.testing.assert_allclose(svi_dots[:, 0], sub["svi_delta_mean"])
-        em_marks = np.asarray(_one(ax, "em").get_offsets())
-        np.testing.assert_allclose(em_marks[:, 0], sub["em"])
+        (svi_dot,) = np.asarray(_one(ax, "mean-svi_delta").get_offsets())
+        assert svi_dot[0] == pytest.approx(row["svi_delta_mean"], rel=1e-12)
+        (em_mark,) = np.asarray(_one(ax, "em").get_offsets())
+        assert em_mark[0] == pytest.approx(row["em"], rel=1e-12)
         # methods are offset from each other, EM sits on the row
-        np.testing.assert_allclose(em_marks[:, 1], np.arange(len(names))[::-1])
-        assert np.all(nuts_dots[:, 1] < em_marks[:, 1])
-        assert np.all(svi_dots[:, 1] > em_marks[:, 1])
+        assert em_mark[1] == 0.0 and nuts_dot[1] < 0.0 < svi_dot[1]
+        # each parameter on its own scale: everything drawn is inside the axis, and
+        # the interval spans a readable share of it (the issue: Old Faithful's two means
+        # of one feature on one axis from 2 to 4.3 hid their intervals)
+        lo, hi = ax.get_xlim()
+        shown = [row["nuts_hdi_low"], row["nuts_hdi_high"], row["em"], row["svi_delta_mean"]]
+        assert lo < min(shown) and max(shown) < hi
+        assert (row["nuts_hdi_high"] - row["nuts_hdi_low"]) / (hi - lo) > 0.5
     _saved(fig, tmp_path)
 
 
@@ -486,13 +479,16 @@ def test_forest_draws_ems_wald_interval_from_its_standard_errors(em, nuts):
     table = ml.compare(em, nuts, hdi_prob=0.9).table
     se = em.standard_errors()
     z = NormalDist().inv_cdf(0.95)
-    ax = fig.axes[1]  # means of feature 0
-    segments = _one(ax, "em-interval", LineCollection).get_segments()
-    for seg, k in zip(segments, (0, 1), strict=True):
+    for k in (0, 1):
+        ax = fig.axes[2 + 2 * k]  # means[k, 0]
+        assert ax.get_yticklabels()[0].get_text() == f"means[{k}, 0]"
+        (seg,) = _one(ax, "em-interval", LineCollection).get_segments()
         centre = em.params.means[k, 0]
         np.testing.assert_allclose(
             seg[:, 0], [centre - z * se.means[k, 0], centre + z * se.means[k, 0]]
         )
+        lo, hi = ax.get_xlim()
+        assert lo < seg[0, 0] and seg[1, 0] < hi
     # the comparison says whether each Wald interval meets the HDI
     half = z * table["em_se"]
     overlap = (table["em"] - half <= table["nuts_hdi_high"]) & (
@@ -503,9 +499,11 @@ def test_forest_draws_ems_wald_interval_from_its_standard_errors(em, nuts):
 
 def test_forest_covariances_only(em, nuts):
     fig = plot.forest(em, nuts, parameters=("covariances",))
-    (ax,) = fig.axes
-    assert len(_one(ax, "hdi-nuts").get_segments()) == 2 * 3  # upper triangles of 2x2
-    assert len(_one(ax, "em").get_offsets()) == 6
+    assert len(fig.axes) == 2 * 3  # upper triangles of 2x2
+    assert fig.axes[0].get_title(loc="left") == "covariances"
+    for ax in fig.axes:
+        assert len(_one(ax, "hdi-nuts").get_segments()) == 1
+        assert len(_one(ax, "em").get_offsets()) == 1
 
 
 def test_forest_bad_input(em, nuts):

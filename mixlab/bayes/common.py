@@ -131,21 +131,23 @@ def align(
 
 
 def convergence_summary(draws: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Split r-hat and effective sample size of every parameter element."""
+    """Split r-hat and effective sample size of every parameter element (NaN for an
+    element that does not vary, such as the weight of a one-component mixture)."""
     from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
     r_hat, ess = {}, {}
     for name, value in draws.items():
         value = np.asarray(value, dtype=np.float64)
-        if value.shape[0] > 1 and value.shape[1] > 3:
-            r_hat[name] = np.asarray(split_gelman_rubin(value))
-        else:
-            r_hat[name] = np.full(value.shape[2:], np.nan)
-        ess[name] = (
-            np.asarray(effective_sample_size(value))
-            if value.shape[1] > 3
-            else (np.full(value.shape[2:], np.nan))
-        )
+        with np.errstate(invalid="ignore", divide="ignore"):  # constant: 0 / 0
+            if value.shape[0] > 1 and value.shape[1] > 3:
+                r_hat[name] = np.asarray(split_gelman_rubin(value))
+            else:
+                r_hat[name] = np.full(value.shape[2:], np.nan)
+            ess[name] = (
+                np.asarray(effective_sample_size(value))
+                if value.shape[1] > 3
+                else (np.full(value.shape[2:], np.nan))
+            )
     finite_r = [np.nanmax(v) for v in r_hat.values() if np.isfinite(v).any()]
     finite_e = [np.nanmin(v) for v in ess.values() if np.isfinite(v).any()]
     return {

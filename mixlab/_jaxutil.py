@@ -224,7 +224,11 @@ class CompiledCache:
         return (
             treedef,
             tuple(
-                (np.shape(a), str(np.asarray(a).dtype) if not hasattr(a, "dtype") else str(a.dtype))
+                (
+                    np.shape(a),
+                    str(np.asarray(a).dtype) if not hasattr(a, "dtype") else str(a.dtype),
+                    a.sharding if isinstance(a, jax.Array) else None,  # a program per layout
+                )
                 for a in leaves
             ),
         )

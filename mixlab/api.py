@@ -261,6 +261,8 @@ def fit(
     # EM checks large data and JAX arrays where they are (mixlab.em.data): one transfer,
     # no host copy; small NumPy data are checked and copied here.
     device = isinstance(method, EM) and on_device(X)
+    if device and method.devices is not None and not isinstance(X, jax.Array):
+        device = False  # NumPy rows go from the host straight to their devices
     data = check_data(X, dt, min_samples=n_components, values=not device)
     if device:
         with jax.enable_x64(dt == np.float64):

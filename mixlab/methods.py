@@ -37,7 +37,30 @@ class Method:
 MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
+def _check_devices(devices: Any) -> Any:
+    """``EM(devices=)``: None, "all" or a non-empty tuple of distinct JAX devices."""
+    if devices is None or devices == "all":
+        return devices
+    import jax
+
+    if isinstance(devices, str) or not hasattr(devices, "__iter__"):
+        raise TypeError(
+            f"devices must be 'all' or a list of jax devices (jax.devices()), got {devices!r}"
+        )
+    devices = tuple(devices)
+    if not devices:
+        raise ValueError("devices is empty; pass 'all', a list of jax devices, or None")
+    bad = [d for d in devices if not isinstance(d, jax.Device)]
+    if bad:
+        raise TypeError(f"devices must be jax devices (from jax.devices()), got {bad[0]!r}")
+    if len(set(devices)) != len(devices):
+        raise ValueError("devices lists a device more than once; give each device once")
+    return devices
+
+
 def _jsonable(value: Any) -> Any:
+    if hasattr(value, "platform") and hasattr(value, "id") and hasattr(value, "device_kind"):
+        return f"{value.platform}:{value.id}"  # a jax Device
     if isinstance(value, Priors):
         return value.settings()
     if isinstance(value, Method):
@@ -138,6 +161,16 @@ class EM(Method):
         Measured over 4,800 small fits (``benchmarks/defaults_study.py``):
         ``"reinit"`` ends above scikit-learn's fit (same init method, other
         random starts) more often than below; see the README.
+    devices : "all" or sequence of jax.Device, optional
+        Fit with the rows spread over several devices (data-parallel EM): each
+        device holds a share of every row chunk, its sums are added across
+        devices by XLA's collectives, and the M-step runs once on the total,
+        so the result is the one-device result up to the order of additions.
+        ``"all"``: every local device (``jax.local_devices()``).  ``None``
+        (default): one device, except that a JAX array already sharded over
+        several devices is fitted on those devices.  Restarts, every
+        initialisation, collapse handling and sample weights work as on one
+        device.
     progress : bool or None, default False
         Show a progress bar over the iterations (all restarts run together;
         the bar shows the furthest and never goes back); ``None``: when stderr
@@ -159,6 +192,7 @@ class EM(Method):
     formulation: str = "auto"
     on_collapse: str = "reinit"
     matmul_precision: str = "highest"
+    devices: Any = None
     progress: bool | None = False
 
     def __post_init__(self) -> None:
@@ -195,6 +229,7 @@ class EM(Method):
         check_choice(self.matmul_precision, "matmul_precision", MATMUL_PRECISIONS)
         if self.progress is not None and not isinstance(self.progress, bool | np.bool_):
             raise TypeError("progress must be True, False or None (shown on a terminal)")
+        object.__setattr__(self, "devices", _check_devices(self.devices))
 
     def check_for(self, family: Any) -> None:
         """Check the settings that depend on the family (fixed names, formulation)."""
@@ -231,6 +266,7 @@ class EM(Method):
             formulation=self.formulation,
             on_collapse=self.on_collapse,
             matmul_precision=self.matmul_precision,
+            devices=self.devices,
         )
 
 

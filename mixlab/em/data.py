@@ -202,3 +202,51 @@ def chunked(
         return _device_chunks(X, wd, jnp.asarray(shift), n_chunks, chunk, weighted)
     X3, W3 = to_chunks(X - shift if np.any(shift) else X, n_chunks, chunk, w)
     return jnp.asarray(X3), None if W3 is None else jnp.asarray(W3)
+
+
+# --------------------------------------------------------------------- sharded
+#: Name of the mesh axis the rows are spread over.
+ROWS = "rows"
+
+
+def row_mesh(X: Any, devices: Any) -> Any:
+    """The one-axis mesh (axis :data:`ROWS`) the rows are spread over, or ``None`` for
+    one device: ``devices`` ("all" or a tuple of devices), else the devices of a JAX
+    array sharded over several."""
+    from jax.sharding import Mesh, NamedSharding
+
+    if devices is None:
+        if not isinstance(X, jax.Array) or len(X.sharding.device_set) < 2:
+            return None
+        sharding = X.sharding
+        if isinstance(sharding, NamedSharding) and sharding.mesh.devices.ndim == 1:
+            devices = tuple(sharding.mesh.devices)
+        else:
+            devices = tuple(sorted(sharding.device_set, key=lambda d: d.id))
+    elif devices == "all":
+        devices = tuple(jax.local_devices())
+    if len(devices) < 2:
+        return None
+    return Mesh(np.array(devices), (ROWS,))
+
+
+def shard_chunks(
+    X: Any, w: np.ndarray | None, shift: np.ndarray, n_chunks: int, chunk: int, mesh: Any
+) -> tuple[Array, Array]:
+    """Like :func:`chunked`, with every chunk's rows spread over ``mesh`` (``chunk``
+    a multiple of its size): ``(n_chunks, chunk, D)`` sharded on the row axis, and
+    the row weights (always present: padding rows weigh zero).  Rows keep their
+    order, so initialisations draw the same rows as on one device."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    if isinstance(X, jax.Array):
+        wd = None if w is None else jnp.asarray(w, X.dtype)
+        X3, W3 = _device_chunks(X, wd, jnp.asarray(shift), n_chunks, chunk, True)
+    else:
+        ones = np.ones(X.shape[0], X.dtype) if w is None else w
+        X3, W3 = to_chunks(X - shift if np.any(shift) else X, n_chunks, chunk, ones)
+    return (
+        jax.device_put(X3, NamedSharding(mesh, P(None, ROWS, None))),
+        jax.device_put(W3, NamedSharding(mesh, P(None, ROWS))),
+    )

@@ -44,6 +44,8 @@ from mixlab.em.data import (
     free_device_memory,
     on_device,
     platform_of,
+    row_mesh,
+    shard_chunks,
     summarize,
     to_chunks,
 )
@@ -500,9 +502,11 @@ def _plan(
     reg_covar: float,
     chunk_size: int | None,
     n_sets: int = 1,
+    n_shards: int = 1,
 ) -> tuple[str, bool, int, int]:
     """How the EM program reads the data: formulation, whether row features are
-    computed once per fit (for ``n_sets`` data sets), and the row chunks by backend."""
+    computed once per fit (for ``n_sets`` data sets), and the row chunks by backend
+    (a chunk a multiple of ``n_shards`` rows when rows are spread over devices)."""
     n_samples, n_features, dtype = summary.n_samples, summary.n_features, summary.dtype
     formulation = family.choose_formulation(formulation, summary, reg_covar)
     width = family.work_width(n_components, n_features, formulation)
@@ -516,6 +520,9 @@ def _plan(
         platform,
         None if platform == "cpu" else free_device_memory(X),
     )
+    if n_shards > 1:
+        chunk = -(-chunk // n_shards) * n_shards
+        n_chunks = -(-n_samples // chunk)
     return formulation, precompute, n_chunks, chunk
 
 
@@ -551,6 +558,7 @@ def fit_em(
     formulation: str = "auto",
     on_collapse: str = "reinit",
     matmul_precision: str = "highest",
+    devices: Any = None,
     progress: bool = False,
 ) -> EMRun:
     """Fit by EM with ``n_init`` batched restarts.
@@ -558,6 +566,8 @@ def fit_em(
     ``X`` is a 2-D array of the computation dtype: NumPy (values validated
     already) or a JAX array, whose values are checked on its device
     (:mod:`mixlab.em.data`), which also sets the row chunks by backend.
+    With ``devices`` (or a JAX array sharded over several devices) every
+    chunk's rows are spread over the devices and XLA adds the sums across them.
 
     ``sample_weight`` (validated, or ``None``) are frequency weights; rows of
     weight zero are left out, exactly as if they were not there.  Runs under
@@ -574,8 +584,16 @@ def fit_em(
     with jax.enable_x64(dtype == np.float64):
         summary, shift = summarize(X, sample_weight, family)
     dominated = family.check_fit_data(summary, reg_covar)
+    mesh = row_mesh(X, devices)
     formulation, precompute, n_chunks, chunk = _plan(
-        X, summary, family, n_components, formulation, reg_covar, chunk_size
+        X,
+        summary,
+        family,
+        n_components,
+        formulation,
+        reg_covar,
+        chunk_size,
+        n_shards=1 if mesh is None else mesh.size,
     )
 
     if isinstance(init, MixtureParams):
@@ -602,7 +620,11 @@ def fit_em(
     total_weight = n_samples if sample_weight is None else float(sample_weight.sum())
     with jax.enable_x64(dtype == np.float64):
         # Ready before the clock starts: ``elapsed`` is the EM program alone.
-        X3, W3 = jax.block_until_ready(chunked(X, sample_weight, shift, n_chunks, chunk))
+        if mesh is None:
+            X3, W3 = chunked(X, sample_weight, shift, n_chunks, chunk)
+        else:
+            X3, W3 = shard_chunks(X, sample_weight, shift, n_chunks, chunk, mesh)
+        X3, W3 = jax.block_until_ready((X3, W3))
         args = (
             jax.tree_util.tree_map(jnp.asarray, starts),
             X3,
@@ -727,6 +749,7 @@ def refit_em(
     formulation: str = "auto",
     on_collapse: str = "reinit",
     chunk_size: int | None = None,
+    progress: bool | None = False,
 ) -> tuple[MixtureParams, np.ndarray, np.ndarray, np.ndarray]:
     """Refit EM from ``start`` on many versions of the data in one compiled program.
 
@@ -736,6 +759,8 @@ def refit_em(
     ``X`` (validated, 2-D, of the computation dtype) sets the centring, the
     data scale and the formulation.  Returns the batched parameters (leading
     axis ``B``), the final log-likelihoods, the statuses and the iteration counts.
+    ``progress``: a bar over the iterations (the refits run together; it shows the
+    furthest), as :class:`~mixlab.methods.EM`'s.
     """
     family = start.family
     X = np.asarray(X)
@@ -763,6 +788,7 @@ def refit_em(
         fixed=tuple(sorted(fixed)),
         formulation=formulation,
         precompute_features=precompute,
+        progress_every=Progress.every(max_iter, progress),
     )
     p0 = start.astype(dtype)
     p0 = MixtureParams.trusted(p0.weights, family.shift(p0.components, -shift), family)
@@ -783,7 +809,9 @@ def refit_em(
             functools.partial(_refit_program, settings=settings, batched_data=data is not None),
             args,
         )
-        out = jax.tree_util.tree_map(np.asarray, compiled(*args))
+        desc = f"bootstrap ({len(row_weights)} refits, iterations)"
+        out, _ = Progress.run(compiled, args, max_iter, desc, progress)
+        out = jax.tree_util.tree_map(np.asarray, out)
     params = MixtureParams.trusted(
         out.params.weights, family.shift(out.params.components, shift), family
     )

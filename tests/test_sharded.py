@@ -1,0 +1,135 @@
+"""EM with rows spread over several devices equals EM on one device.
+
+The machine has one CPU device unless XLA is told otherwise, so the fits run in
+a subprocess with ``--xla_force_host_platform_device_count=4``: four CPU devices,
+XLA's real collectives (all-reduce of the sums), no speed-up on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = r"""
+import json, warnings
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import mixlab as ml
+
+assert len(jax.devices()) == 4
+rng = np.random.default_rng(0)
+# 3 clusters, a row count that 4 devices do not divide, frequency weights with zeros
+X = np.vstack([rng.normal(m, 1.0, size=(667, 3)) for m in (0.0, 4.0, 8.0)])
+w = rng.integers(0, 3, size=len(X)).astype(float)
+counts = rng.poisson(np.repeat([[1.0, 3.0], [6.0, 1.0]], 1001, axis=0))
+binary = (rng.random((2001, 5)) < np.where(np.arange(2001)[:, None] < 900, 0.2, 0.7)).astype(float)
+# two far-away duplicated points: a component there collapses and is restarted
+collapse = np.vstack([X[:400], [[40.0, 40.0, 40.0]] * 2])
+
+def run(data, k, devices, **kw):
+    em = kw.pop("em", {})
+    r = ml.fit(data, k, ml.EM(devices=devices, **em), key=0, **kw)
+    return {
+        "params": {n: np.asarray(v).tolist() for n, v in
+                   {"weights": r.params.weights, **r.params.components}.items()},
+        "ll": r.log_likelihood, "n_iter": r.n_iter, "trace": r.trace.tolist(),
+        "restarts": r.restarts.log_likelihood.tolist(),
+        "reinit": r.diagnostics["reinitialisations"],
+    }
+
+cases = {}
+fixed = dict(tol=0.0, max_iter=12, n_init=2, chunk_size=500)
+for cov in ("full", "diag", "spherical", "tied"):
+    cases[cov] = (X, 3, dict(covariance=cov, sample_weight=w, em=fixed))
+cases["default_tol"] = (X, 3, dict(em=dict(n_init=3)))
+cases["poisson"] = (counts, 2, dict(family="poisson", em=fixed))
+cases["bernoulli"] = (binary, 2, dict(family="bernoulli", em=dict(fixed, init="random")))
+cases["student_t"] = (X, 3, dict(family="student_t", covariance="diag", em=dict(fixed, max_iter=6)))
+cases["collapse"] = (collapse, 4, dict(em=dict(n_init=1, max_iter=50)))
+out = {}
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # ConvergenceWarning of the fixed-iteration runs
+    for name, (data, k, kw) in cases.items():
+        out[name] = [run(data, k, None, **dict(kw)), run(data, k, "all", **dict(kw))]
+    # a JAX array sharded over two of the devices is fitted where it lies
+    mesh = Mesh(np.array(jax.devices()[:2]), ("rows",))
+    with jax.enable_x64():
+        Xs = jax.device_put(X[:2000], NamedSharding(mesh, P("rows")))
+        one = jax.device_put(X[:2000], jax.devices()[0])
+    out["sharded_input"] = [run(one, 3, None), run(Xs, 3, None)]
+    out["devices_listed"] = [run(X, 3, None), run(X, 3, jax.devices()[1:3])]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def fits():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+CASES = [
+    "full",
+    "diag",
+    "spherical",
+    "tied",
+    "default_tol",
+    "poisson",
+    "bernoulli",
+    "student_t",
+    "collapse",
+    "sharded_input",
+    "devices_listed",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sharded_fit_equals_the_one_device_fit(fits, case):
+    """Parameters to 1e-12 of each array's largest value (the sums are added in another
+    order), the same iterations, restarts and collapse restarts."""
+    one, many = fits[case]
+    assert many["n_iter"] == one["n_iter"]
+    assert many["reinit"] == one["reinit"]
+    for name, want in one["params"].items():
+        want, got = np.asarray(want), np.asarray(many["params"][name])
+        assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want)), name
+    # Through a collapse (a covariance near singular before its restart) rounding
+    # differences grow to ~1e-10 of the log-likelihood; elsewhere they stay at 1e-12.
+    rtol = 1e-9 if case == "collapse" else 1e-12
+    np.testing.assert_allclose(many["trace"], one["trace"], rtol=rtol)
+    np.testing.assert_allclose(many["restarts"], one["restarts"], rtol=rtol)
+    assert many["ll"] == pytest.approx(one["ll"], rel=rtol)
+
+
+def test_the_collapse_case_restarts_a_component(fits):
+    one, _ = fits["collapse"]
+    assert one["reinit"], "the far duplicated points should make a component collapse"
+
+
+def test_devices_setting_is_checked():
+    import jax
+
+    import mixlab as ml
+    from mixlab.em.data import row_mesh
+
+    with pytest.raises(ValueError, match="devices is empty"):
+        ml.EM(devices=[])
+    with pytest.raises(TypeError, match="'all' or a list of jax devices"):
+        ml.EM(devices="gpu")
+    with pytest.raises(TypeError, match="must be jax devices"):
+        ml.EM(devices=[0, 1])
+    d = jax.devices()[0]
+    with pytest.raises(ValueError, match="more than once"):
+        ml.EM(devices=[d, d])
+    assert ml.EM(devices=[d]).settings()["devices"] == [f"{d.platform}:{d.id}"]
+    # one device: no mesh, the ordinary program
+    assert row_mesh(np.zeros((4, 2)), "all" if len(jax.devices()) == 1 else [d]) is None

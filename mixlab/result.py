@@ -335,14 +335,20 @@ class FitResult:
         return standard_errors(self.params, X, sample_weight, fixed)
 
     def bootstrap(
-        self, n_boot: int = 200, kind: str = "nonparametric", key: KeyLike = 0, X: Any = None
+        self,
+        n_boot: int = 200,
+        kind: str = "nonparametric",
+        key: KeyLike = 0,
+        X: Any = None,
+        progress: bool | None = None,
     ) -> Any:
         """Refit on ``n_boot`` resampled data sets in one compiled program; see
         :func:`mixlab.uncertainty.bootstrap`.  ``.standard_errors()`` of the
-        returned :class:`~mixlab.uncertainty.Bootstrap` are the bootstrap's."""
+        returned :class:`~mixlab.uncertainty.Bootstrap` are the bootstrap's.
+        ``progress``: a bar over the refits' iterations (``None``: on a terminal)."""
         from mixlab.uncertainty import bootstrap
 
-        return bootstrap(self, n_boot, kind, key, X)
+        return bootstrap(self, n_boot, kind, key, X, progress=progress)
 
     def covariance_of_estimates(self, X: Any = None, sample_weight: Any = None) -> Any:
         """The full asymptotic covariance of the free EM estimates (an

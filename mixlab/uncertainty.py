@@ -309,6 +309,7 @@ def bootstrap(
     sample_weight: Any = None,
     tol: float | None = None,
     max_iter: int | None = None,
+    progress: bool | None = None,
 ) -> Bootstrap:
     """Refit an EM result on ``n_boot`` resampled data sets in one compiled program.
 
@@ -337,6 +338,9 @@ def bootstrap(
         ``1e-7`` and at least 1000 iterations: a refit starts at the estimate,
         where a loose ``tol`` would stop it before it moves (and understate the
         spread).
+    progress : bool or None, default None
+        A progress bar over the iterations of the refits (they run together;
+        the bar shows the furthest); ``None``: only when stderr is a terminal.
     """
     from mixlab._jaxutil import as_key
     from mixlab._validation import check_choice, check_float, check_int
@@ -377,6 +381,7 @@ def bootstrap(
         formulation=s.get("formulation", "auto"),
         on_collapse=s.get("on_collapse", "reinit"),
         chunk_size=s.get("chunk_size"),
+        progress=progress,
     )
     family = result.params.family
     draws = {"weights": np.asarray(params.weights)}

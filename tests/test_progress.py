@@ -57,3 +57,15 @@ def test_progress_setting_is_checked():
     with pytest.raises(TypeError, match="progress must be True, False or None"):
         ml.SVI(progress="yes")
     assert Progress.wanted(True) and not Progress.wanted(False)
+
+
+def test_bootstrap_bar_on_a_terminal(faithful, monkeypatch):
+    """The bootstrap's refits report their iterations to one forward-only bar on a
+    terminal (progress=None; off elsewhere by the same rule as EM's, tested above)."""
+    em = ml.fit(faithful, 2, ml.EM(n_init=3, max_iter=20), key=0)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    em.bootstrap(n_boot=8, key=1, progress=None)
+    assert "bootstrap (8 refits, iterations)" in terminal.getvalue()
+    counts = [int(n) for n in re.findall(r"\| *(\d+)/1000 \[", terminal.getvalue())]
+    assert counts and counts == sorted(counts)

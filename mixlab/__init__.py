@@ -5,7 +5,7 @@
 >>> em = ml.fit(X, 2, method=ml.EM(n_init=8), key=0)
 """
 
-from mixlab import datasets, families
+from mixlab import datasets, distributed, families
 from mixlab._version import __version__
 from mixlab.api import fit
 from mixlab.compare import Comparison, compare
@@ -44,6 +44,7 @@ __all__ = [
     "__version__",
     "compare",
     "datasets",
+    "distributed",
     "e_step",
     "elbo",
     "families",

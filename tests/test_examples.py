@@ -180,3 +180,16 @@ def test_latent_class_lsat_weighted_patterns_are_the_1000_rows():
     np.testing.assert_allclose(
         out["weighted"].log_likelihood, out["expanded"].log_likelihood, rtol=1e-12
     )
+
+
+def test_distributed_em_two_processes_get_the_one_process_fit():
+    """Two processes (jax.distributed, gloo collectives on the CPU), each holding half of
+    the rows: both get the fit of all rows in one process."""
+    out = load("distributed_em").main([])
+    single = out["single"]
+    assert [r["process"] for r in out["processes"]] == [0, 1]
+    for r in out["processes"]:
+        assert r["processes"] == 2 and r["n_iter"] == single.n_iter
+        assert r["log_likelihood"] == pytest.approx(single.log_likelihood, rel=1e-12)
+        np.testing.assert_allclose(r["means"], single.params.means, rtol=1e-10)
+        np.testing.assert_allclose(r["weights"], single.params.weights, rtol=1e-10)

@@ -133,3 +133,14 @@ def test_devices_setting_is_checked():
     assert ml.EM(devices=[d]).settings()["devices"] == [f"{d.platform}:{d.id}"]
     # one device: no mesh, the ordinary program
     assert row_mesh(np.zeros((4, 2)), "all" if len(jax.devices()) == 1 else [d]) is None
+
+
+def test_global_rows_in_one_process_is_the_data():
+    import mixlab as ml
+
+    X = np.arange(12.0).reshape(6, 2)
+    G = ml.distributed.global_rows(X)
+    assert G.dtype == np.float64 and G.shape == (6, 2)
+    np.testing.assert_array_equal(np.asarray(G), X)
+    with pytest.raises(ValueError, match="numeric 1-D or 2-D"):
+        ml.distributed.global_rows(np.zeros((2, 2, 2)))

@@ -20,10 +20,12 @@ from mixlab.em import (
 )
 from mixlab.errors import ConvergenceWarning, DataScaleWarning, FitError, LoadError
 from mixlab.methods import EM, NUTS, SVI
+from mixlab.online import OnlineEM
 from mixlab.params import MixtureParams
 from mixlab.priors import Priors
 from mixlab.result import FitResult, Restarts
 from mixlab.select import Selection, select
+from mixlab.stream import chunks, fit_stream
 
 __all__ = [
     "EM",
@@ -38,10 +40,12 @@ __all__ = [
     "FitResult",
     "LoadError",
     "MixtureParams",
+    "OnlineEM",
     "Priors",
     "Restarts",
     "Selection",
     "__version__",
+    "chunks",
     "compare",
     "datasets",
     "distributed",
@@ -49,6 +53,7 @@ __all__ = [
     "elbo",
     "families",
     "fit",
+    "fit_stream",
     "log_likelihood",
     "log_prob_components",
     "m_step",

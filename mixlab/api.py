@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -23,6 +24,7 @@ from mixlab.em.data import on_device
 from mixlab.em.driver import EMStatus, fit_em
 from mixlab.families import Family, get_family
 from mixlab.methods import EM, NUTS, SVI, Method
+from mixlab.online import OnlineEM, fit_online_em
 from mixlab.params import MixtureParams
 from mixlab.result import FitResult, Restarts
 
@@ -155,7 +157,12 @@ def _result(
     )
 
 
-_BACKENDS: dict[type, Callable[..., FitResult]] = {EM: _fit_em, SVI: _fit_bayes, NUTS: _fit_bayes}
+_BACKENDS: dict[type, Callable[..., FitResult]] = {
+    EM: _fit_em,
+    OnlineEM: fit_online_em,
+    SVI: _fit_bayes,
+    NUTS: _fit_bayes,
+}
 
 
 def _backend(method: Method) -> Callable[..., FitResult]:
@@ -164,6 +171,56 @@ def _backend(method: Method) -> Callable[..., FitResult]:
             return _BACKENDS[klass]
     raise TypeError(
         f"method must be ml.EM(...), ml.SVI(...) or ml.NUTS(...), got {type(method).__name__}"
+    )
+
+
+def _streamed(X: Any) -> bool:
+    """Data read in chunks: a :class:`mixlab.stream.ChunkSource` or an ``.npy`` path."""
+    if isinstance(X, str | os.PathLike):
+        return True
+    if type(X).__module__ != "mixlab.stream":
+        return False
+    from mixlab.stream import ChunkSource
+
+    return isinstance(X, ChunkSource)
+
+
+def _fit_streamed(
+    X: Any,
+    n_components: int,
+    method: Method,
+    family: Any,
+    covariance: Any,
+    sample_weight: Any,
+    key: Any,
+    dtype: Any,
+    feature_names: Any,
+    order: Any,
+) -> FitResult:
+    if not isinstance(method, EM):
+        raise TypeError(
+            f"data read in chunks (ml.chunks(...) or an .npy path) are fitted by EM, one pass "
+            f"per iteration; {method.name.upper()} needs the data in memory: pass an array"
+        )
+    if sample_weight is not None:
+        raise ValueError(
+            "streamed data carry their weights: ml.chunks(data, sample_weight=...) or chunks "
+            "yielded as (values, weights) pairs; leave fit's sample_weight out"
+        )
+    if order == "auto":
+        order = None if not isinstance(method.init, str) else "location"
+    from mixlab.stream import fit_stream
+
+    return fit_stream(
+        X,
+        n_components,
+        method,
+        family=family,
+        covariance=covariance,
+        key=key,
+        dtype=dtype,
+        feature_names=feature_names,
+        order=order,
     )
 
 
@@ -184,9 +241,13 @@ def fit(
 
     Parameters
     ----------
-    X : array of shape (n_samples, n_features) or (n_samples,)
+    X : array of shape (n_samples, n_features) or (n_samples,), or streamed data
         Data (NumPy, pandas or a JAX array); 1-D input is one feature.  Never
-        modified.  EM checks a JAX array, and NumPy data of 2**20 values or
+        modified.  Data larger than memory: ``ml.chunks(...)`` (a memmap, a
+        zarr or HDF5 array, a callable yielding row chunks) or the path of an
+        ``.npy`` file, fitted by EM one pass per iteration with the in-memory
+        answer (:func:`mixlab.stream.fit_stream`, which has the streaming
+        options).  EM checks a JAX array, and NumPy data of 2**20 values or
         more, on the device (one transfer, no host copy; see
         :mod:`mixlab.em.data`).
     n_components : int
@@ -244,11 +305,25 @@ def fit(
         method = EM()
     if not isinstance(method, Method):
         raise TypeError(
-            f"method must be ml.EM(...), ml.SVI(...) or ml.NUTS(...), got {type(method).__name__}"
+            "method must be ml.EM(...), ml.OnlineEM(...), ml.SVI(...) or ml.NUTS(...), got "
+            f"{type(method).__name__}"
         )
     n_components = check_int(n_components, "n_components", minimum=1)
+    if _streamed(X):
+        return _fit_streamed(
+            X,
+            n_components,
+            method,
+            family,
+            covariance,
+            sample_weight,
+            key,
+            dtype,
+            feature_names,
+            order,
+        )
     if order == "auto":
-        explicit_start = isinstance(method, EM) and not isinstance(method.init, str)
+        explicit_start = isinstance(method, EM | OnlineEM) and not isinstance(method.init, str)
         order = None if explicit_start else "location"
     if order is not None and order not in ORDERS:
         raise ValueError(f"order must be one of {(*ORDERS, 'auto')} or None, got {order!r}")

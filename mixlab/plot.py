@@ -222,6 +222,9 @@ def _trace_lines(result: FitResult) -> tuple[list[tuple[np.ndarray, np.ndarray]]
     if result.method == "svi":
         y = np.asarray(result.trace, dtype=np.float64)
         return [(np.arange(1, len(y) + 1), y)], "step", "ELBO"
+    if result.method == "online_em":  # n x each minibatch's mean log-density
+        y = np.asarray(result.trace, dtype=np.float64)
+        return [(np.arange(1, len(y) + 1), y)], "step", "log-likelihood (minibatch estimate)"
     if result.method == "nuts":
         draws = result.diagnostics.get("draw_log_likelihood")
         if draws is None:
@@ -237,7 +240,9 @@ def _trace_lines(result: FitResult) -> tuple[list[tuple[np.ndarray, np.ndarray]]
             )
         x = np.arange(1, draws.shape[1] + 1)
         return [(x, chain) for chain in draws], "draw", "log-likelihood"
-    raise ValueError(f"unknown method {result.method!r}; expected 'em', 'svi' or 'nuts'")
+    raise ValueError(
+        f"unknown method {result.method!r}; expected 'em', 'online_em', 'svi' or 'nuts'"
+    )
 
 
 def trace(

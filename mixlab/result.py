@@ -57,7 +57,7 @@ class FitResult:
 
     Attributes
     ----------
-    method : {"em", "svi", "nuts"}
+    method : {"em", "online_em", "svi", "nuts"}
     params : MixtureParams
         Point estimate: the EM solution, the MAP (SVI delta guide) or the
         posterior mean of the label-aligned draws.
@@ -293,10 +293,14 @@ class FitResult:
     # ----------------------------------------------------------- uncertainty
     def _information_inputs(self, X: Any, sample_weight: Any) -> tuple[Any, Any, tuple]:
         if self.method != "em":
+            whose = (
+                "whose posterior draws give its uncertainty (result.posterior)"
+                if self.posterior is not None
+                else "which need not sit at the maximum (refit with ml.EM for them)"
+            )
             raise ValueError(
                 f"standard errors from the observed information are for EM fits; this is a "
-                f"{self.method.upper()} fit, whose posterior draws give its uncertainty "
-                "(result.posterior)"
+                f"{self.method.upper()} fit, {whose}"
             )
         if self.settings.get("assignment") == "hard":
             raise ValueError(

@@ -309,6 +309,8 @@ def test_convergence_summary_of_a_constant_is_nan_without_warnings():
     from mixlab.bayes.common import convergence_summary
 
     rng = np.random.default_rng(0)
-    out = convergence_summary({"weights": np.ones((2, 50, 1)), "means": rng.normal(size=(2, 50, 1))})
+    out = convergence_summary(
+        {"weights": np.ones((2, 50, 1)), "means": rng.normal(size=(2, 50, 1))}
+    )
     assert np.isnan(out["ess"]["weights"]).all() and np.isnan(out["r_hat"]["weights"]).all()
     assert 20 < out["min_ess"] <= 100 and 0.9 < out["max_r_hat"] < 1.1  # from the means

@@ -218,9 +218,13 @@ def test_not_for_the_posterior_or_hard_em(faithful):
     hard = ml.fit(faithful, 2, ml.EM(assignment="hard"), key=0)
     with pytest.raises(ValueError, match="assignment='soft'"):
         hard.standard_errors()
-    svi = dataclasses.replace(ml.fit(faithful, 2, key=0), method="svi")
+    em = ml.fit(faithful, 2, key=0)
+    svi = dataclasses.replace(em, method="svi", posterior={"weights": em.params.weights[None]})
     with pytest.raises(ValueError, match="posterior draws give its uncertainty"):
         svi.standard_errors()
+    online = dataclasses.replace(em, method="online_em")
+    with pytest.raises(ValueError, match="need not sit at the maximum.*ml.EM"):
+        online.standard_errors()
 
 
 # ------------------------------------------------------------------ bootstrap

@@ -199,6 +199,12 @@ class Family(ABC):
     #: What :meth:`collapsed` detects, for diagnostics and messages.
     degeneracy: ClassVar[str] = "degenerate"
     degeneracy_message: ClassVar[str] = "its parameters degenerated"
+    #: True when :meth:`summarize_second` returns weighted sums of products of
+    #: deviations from ``centre`` (``sum_i r_ik (x_i - c_k)(x_i - c_k)^T`` and the
+    #: like): such sums move to another centre exactly from each component's total
+    #: weight and weighted mean, so streaming and online EM keep one pass per
+    #: iteration.  A family whose second pass is anything else leaves it False.
+    second_pass_quadratic: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- identity
     def options(self) -> dict[str, Any]:

@@ -73,6 +73,8 @@ class Gaussian(LocationScale, Family):
     (:class:`FullGaussian`, ...); all are the same family.
     """
 
+    second_pass_quadratic = True  # covariance sums about a centre (quadratic in it)
+
     name = "gaussian"
     formulations = ("centred", "expanded")
     degeneracy_message = "its covariance became singular (it sits on too few distinct points)"

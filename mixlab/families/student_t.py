@@ -101,6 +101,8 @@ class StudentT(LocationScale, Family):
         they are estimated (starting from :attr:`INITIAL_DOF`).
     """
 
+    second_pass_quadratic = True  # covariance sums about a centre (quadratic in it)
+
     name = "student_t"
     degeneracy_message = "its scale matrix became singular (it sits on too few distinct points)"
     INITIAL_DOF: ClassVar[float] = 10.0

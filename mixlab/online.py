@@ -875,20 +875,15 @@ def fit_online_em(
         the averaged steps, the M-steps rejected for invalid parameters and the
         formulation.
     """
+    from mixlab.api import _result  # api imports this module: here, not at the top
+
     run = fit_online(X, n_components, family, method, key, sample_weight)
-    return FitResult(
-        method=OnlineEM.name,
-        params=run.params,
-        log_likelihood=run.log_likelihood,
-        trace=run.trace,
-        converged=run.converged,
-        n_iter=run.n_iter,
-        elapsed=run.elapsed,
-        compile_time=run.compile_time,
-        n_samples=X.shape[0],
-        settings=method.settings(),
-        data=X,
-        sample_weight=sample_weight,
+    return _result(
+        OnlineEM.name,
+        run,
+        X,
+        method,
+        sample_weight,
         diagnostics={
             "step_sizes": run.step_sizes,
             "burn_in": run.burn_in,

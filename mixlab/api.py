@@ -25,7 +25,7 @@ from mixlab.em.driver import EMStatus, fit_em
 from mixlab.families import Family, get_family
 from mixlab.methods import EM, NUTS, SVI, Method
 from mixlab.online import OnlineEM, fit_online_em
-from mixlab.params import MixtureParams
+from mixlab.params import explicit_start
 from mixlab.result import FitResult, Restarts
 
 
@@ -42,24 +42,6 @@ def resolve_family(family: str | Family, covariance: str | None) -> Family:
         raise
 
 
-def _explicit_start(init: Any, family: Family, n_components: int, X: np.ndarray) -> MixtureParams:
-    params = MixtureParams.from_dict(init, family=family)
-    if params.family != family:
-        raise ValueError(
-            f"starting parameters are for {params.family!r} but the fit uses {family!r}"
-        )
-    if params.n_components != n_components:
-        raise ValueError(
-            f"starting parameters have {params.n_components} components but "
-            f"n_components={n_components}"
-        )
-    if params.n_features != X.shape[1]:
-        raise ValueError(
-            f"starting parameters have {params.n_features} feature(s) but X has {X.shape[1]}"
-        )
-    return params.astype(X.dtype)
-
-
 def _fit_em(
     X: np.ndarray,
     n_components: int,
@@ -70,7 +52,7 @@ def _fit_em(
 ) -> FitResult:
     init = method.init
     if not isinstance(init, str):
-        init = _explicit_start(init, family, n_components, X)
+        init = explicit_start(init, family, n_components, X.shape[1], X.dtype)
     run = fit_em(
         X,
         n_components,

@@ -617,7 +617,11 @@ def sbc(
         if callback is not None:
             callback(r, row)
     seconds = time.perf_counter() - start
-    assert names is not None
+    if names is None:  # every replicate failed before its quantities were named
+        raise FitError(
+            f"no replicate of {n_replicates} produced draws to rank; see the errors in the "
+            "callback's rows, or check the method's settings"
+        )
     ranks_table = pd.DataFrame(rank_rows, columns=names)
     ranks_table.index.name = "replicate"
     summary = summarise_ranks(ranks_table, n_draws, n_bins)

@@ -88,7 +88,7 @@ from mixlab.em.init import INIT_METHODS, initial_params
 from mixlab.errors import FitError
 from mixlab.families import Family
 from mixlab.methods import Method
-from mixlab.params import MixtureParams
+from mixlab.params import MixtureParams, explicit_start
 from mixlab.result import FitResult
 
 Array = jax.Array
@@ -643,24 +643,6 @@ def _choose_formulation(family: Family, requested: str, summary: Any, reg: float
     return formulation
 
 
-def _explicit_start(init: Any, family: Family, n_components: int, n_features: int, dtype: Any):
-    params = MixtureParams.from_dict(init, family=family)
-    if params.family != family:
-        raise ValueError(
-            f"starting parameters are for {params.family!r} but the fit uses {family!r}"
-        )
-    if params.n_components != n_components:
-        raise ValueError(
-            f"starting parameters have {params.n_components} components but "
-            f"n_components={n_components}"
-        )
-    if params.n_features != n_features:
-        raise ValueError(
-            f"starting parameters have {params.n_features} feature(s) but X has {n_features}"
-        )
-    return params.astype(dtype)
-
-
 def fit_online(
     X: Any,
     n_components: int,
@@ -704,7 +686,7 @@ def fit_online(
             start_method: str | None = init
         else:
             start_method = None
-            p0 = _explicit_start(init, family, n_components, n_features, dtype)
+            p0 = explicit_start(init, family, n_components, n_features, dtype)
             p0 = MixtureParams.trusted(p0.weights, family.shift(p0.components, -shift), family)
         settings = OnlineSettings(
             family=family,

@@ -346,6 +346,28 @@ def _sample(key: jax.Array, params: MixtureParams, n_samples: int) -> tuple[jax.
     return params.family.sample(key_noise, params.components, labels), labels
 
 
+def explicit_start(
+    init: Any, family: Family, n_components: int, n_features: int, dtype: Any
+) -> MixtureParams:
+    """Starting parameters given by the user (a dict or :class:`MixtureParams`), checked
+    against the fit's family, number of components and features, in ``dtype``."""
+    params = MixtureParams.from_dict(init, family=family)
+    if params.family != family:
+        raise ValueError(
+            f"starting parameters are for {params.family!r} but the fit uses {family!r}"
+        )
+    if params.n_components != n_components:
+        raise ValueError(
+            f"starting parameters have {params.n_components} components but "
+            f"n_components={n_components}"
+        )
+    if params.n_features != n_features:
+        raise ValueError(
+            f"starting parameters have {params.n_features} feature(s) but X has {n_features}"
+        )
+    return params.astype(dtype)
+
+
 def stack_params(params: list[MixtureParams]) -> MixtureParams:
     """Stack parameter sets along a new leading axis (for batched restarts)."""
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *params)

@@ -84,7 +84,7 @@ from mixlab.em.steps import _row_log_density, chunk_sum, e_pass, guarded_counts,
 from mixlab.errors import ConvergenceWarning, FitError
 from mixlab.families import DataSummary, Family
 from mixlab.methods import EM
-from mixlab.params import MixtureParams
+from mixlab.params import MixtureParams, explicit_start
 
 Array = jax.Array
 
@@ -1578,12 +1578,6 @@ def _power_of_two(rows: int) -> int:
     return max(MIN_CHUNK, 1 << max(int(rows), 1).bit_length() - 1)
 
 
-def _explicit_start(init: Any, family: Family, n_components: int, n_features: int, dtype: Any):
-    from mixlab.api import _explicit_start as check_start
-
-    return check_start(init, family, n_components, np.empty((0, n_features), dtype))
-
-
 def fit_stream(
     source: Any,
     n_components: int,
@@ -1764,7 +1758,7 @@ def fit_stream(
             reg = jnp.asarray(reg_covar, dt)
             data_var = jnp.asarray(summary.var, dt)
             if explicit:
-                start = _explicit_start(method.init, fam, n_components, n_features, dt)
+                start = explicit_start(method.init, fam, n_components, n_features, dt)
                 start = MixtureParams.trusted(
                     start.weights, fam.shift(start.components, -scan.shift), fam
                 )

@@ -64,6 +64,22 @@ def x64_scope(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def device_copy(a: np.ndarray) -> jax.Array:
+    """A JAX array holding a copy of the NumPy array ``a`` on the default device.
+
+    ``jax.device_put(a, may_alias=False)`` is the fast way (one transfer), but
+    on CPU with jax 0.10 it still hands back the caller's memory when ``a`` is
+    64-byte aligned (about half of NumPy's arrays): later changes to ``a`` would
+    show through.  Such a result is copied once more on the device.
+    """
+    out = jax.device_put(a, may_alias=False)
+    try:
+        aliased = out.unsafe_buffer_pointer() == a.ctypes.data
+    except Exception:  # several devices, or a backend without pointers: not the CPU alias
+        aliased = False
+    return jnp.copy(out) if aliased else out
+
+
 def as_key(key: KeyLike, name: str = "key") -> jax.Array:
     """Turn an int seed or a JAX PRNG key into a raw ``uint32[2]`` key.
 

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mixlab._jaxutil import KeyLike, as_key, resolve_dtype
+from mixlab._jaxutil import KeyLike, as_key, device_copy, resolve_dtype
 from mixlab._validation import (
     check_data,
     check_feature_names,
@@ -326,7 +326,7 @@ def fit(
             # One transfer, and a copy even on a CPU (never an alias of the caller's
             # memory: the result keeps these data); a JAX array stays as it is.
             if not isinstance(data, jax.Array):
-                data = jax.device_put(np.asarray(data, dt), may_alias=False)
+                data = device_copy(np.asarray(data, dt))
     else:
         fam.check_data(data)
     names = check_feature_names(names, data.shape[1])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import mixlab as ml
+from mixlab._jaxutil import device_copy
 from mixlab.em import data as em_data
 from mixlab.em import driver
 
@@ -64,7 +65,8 @@ def test_jax_array_input_gives_the_numpy_fit(faithful, family, covariance):
 
 
 def test_large_numpy_data_take_the_device_path_with_the_same_result(faithful, monkeypatch):
-    X = np.tile(faithful, (4, 1)) + np.random.default_rng(0).normal(0, 0.01, (4 * 272, 2))
+    noisy = np.tile(faithful, (4, 1)) + np.random.default_rng(0).normal(0, 0.01, (4 * 272, 2))
+    X = _aligned(noisy, 0)  # aligned: what jax.device_put would alias
     X_before = X.copy()
     method = ml.EM(max_iter=40)
     host = ml.fit(X, 3, method, key=0)
@@ -180,3 +182,25 @@ def test_matmul_precision_is_compiled_into_the_program(faithful):
     assert found["high"][1] == found["highest"][1]
     with pytest.raises(ValueError, match="matmul_precision must be one of"):
         ml.EM(matmul_precision="tf32")
+
+
+def _aligned(values: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of ``values`` starting ``offset`` bytes past a 64-byte boundary."""
+    raw = np.empty(values.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    out = raw[start : start + values.nbytes].view(values.dtype).reshape(values.shape)
+    out[...] = values
+    return out
+
+
+@pytest.mark.parametrize("offset", [0, 8])
+def test_data_sent_to_the_device_never_alias_the_callers_memory(faithful, offset):
+    # jax.device_put(may_alias=False) returns the caller's own memory for 64-byte
+    # aligned arrays on CPU (jax 0.10); mixlab's transfer must copy whatever the alignment.
+    X = _aligned(np.tile(faithful, (4, 1)), offset)
+    assert X.ctypes.data % 64 == offset
+    before = X.copy()
+    with jax.enable_x64(True):
+        copied = device_copy(X)
+    X[0, 0] = 1e6
+    np.testing.assert_array_equal(np.asarray(copied), before)

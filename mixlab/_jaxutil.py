@@ -95,8 +95,15 @@ def as_key(key: KeyLike, name: str = "key") -> jax.Array:
             raise ValueError(f"{name} must be a non-negative int seed, got {int(key)}")
         if int(key) >= 2**63:
             raise ValueError(f"{name} must be below 2**63, got {int(key)}")
+        seed = int(key)
+        if jax.config.jax_default_prng_impl == "threefry2x32":
+            # jax.random.PRNGKey(seed) under 64-bit types, written out: the high and the
+            # low 32 bits.  Made on the host, a key needs no compiled program (tens of
+            # milliseconds in a new process).
+            words = np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
+            return jax.device_put(words)
         with jax.enable_x64(True):  # 64-bit seeds map to distinct keys
-            return jax.random.PRNGKey(int(key))
+            return jax.random.PRNGKey(seed)
     if isinstance(key, jax.Array | np.ndarray):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             if key.shape != ():
@@ -141,7 +148,7 @@ def tiny(dtype: Any) -> float:
 #: ``off`` (or ``0``, ``false``, ``none``, empty) switches the cache off.
 CACHE_ENV = "MIXLAB_CACHE_DIR"
 _CACHE_OFF = {"", "0", "off", "false", "no", "none"}
-_persistent = {"checked": False, "dir": None, "hits": 0}
+_persistent = {"checked": False, "dir": None, "hits": 0, "program_hits": 0}
 
 
 def cache_directory() -> str | None:
@@ -256,15 +263,33 @@ class CompiledCache:
         if full_key in self._programs:
             self._programs.move_to_end(full_key)
             return Compiled(self._programs[full_key], 0.0, "memory")
-        use_persistent_cache()
-        hits = _persistent["hits"]
+        import os
+
+        from mixlab import _programs
+
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
+        store = _programs.folder(use_persistent_cache())
+        entry = None if store is None else _programs.program_key(key, fn, args)
+        compiled = None if entry is None else _programs.load(store, entry[0])
+        if compiled is not None:
+            source = "disk"
+            _persistent["program_hits"] += 1
+            compiled = _programs.Checked(compiled, fn, os.path.join(store, entry[0]))  # type: ignore[arg-type, index]
+        else:
+            hits = _persistent["hits"]
+            # A program to be stored is named after its key: JAX's cache (keyed by the
+            # program, its name included) cannot answer for it, because one loaded from
+            # there serializes without its code (jax 0.10, CPU).
+            named = fn if entry is None else _programs.named(fn, entry[0])
+            compiled = jax.jit(named).lower(*args).compile()
+            source = "disk" if _persistent["hits"] > hits else "compiled"
+            if entry is not None and source == "compiled":  # before it first runs:
+                _programs.save(store, entry[0], compiled, entry[1])  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
         self._programs[full_key] = compiled
         while len(self._programs) > self.size:
             self._programs.popitem(last=False)
-        return Compiled(compiled, seconds, "disk" if _persistent["hits"] > hits else "compiled")
+        return Compiled(compiled, seconds, source)
 
     def clear(self) -> None:
         self._programs.clear()

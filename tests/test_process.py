@@ -61,3 +61,40 @@ def test_the_cache_can_be_switched_off_and_a_users_jax_cache_is_kept(tmp_path):
     assert any(theirs.iterdir())
     again = json.loads(_python(code, MIXLAB_CACHE_DIR=str(mine)))
     assert again["source"] == "disk"
+
+
+STORED = """
+import json, sys
+import numpy as np
+import mixlab as ml
+from mixlab import _jaxutil
+r = ml.fit(ml.datasets.load("faithful"), 2, key=0)
+preloaded = "scipy.linalg" not in sys.modules
+import scipy.linalg
+a = np.array([[4.0, 2.0], [2.0, 3.0]])
+print(json.dumps({"source": r.diagnostics["compile_cache"], "ll": r.log_likelihood,
+                  "means": r.params.means.tolist(), "n_iter": r.n_iter,
+                  "stored": _jaxutil._persistent["program_hits"], "preloaded": preloaded,
+                  "scipy_ok": bool(np.allclose(scipy.linalg.cholesky(a, lower=True),
+                                               np.linalg.cholesky(a)))}))
+"""
+
+
+def test_a_second_process_runs_the_stored_program_without_tracing(tmp_path):
+    # The program store (mixlab/_programs.py) answers before JAX traces anything: the
+    # second process's fit comes from it, not from JAX's program-keyed cache.
+    cache = tmp_path / "cache"
+    first = json.loads(_python(STORED, MIXLAB_CACHE_DIR=str(cache)))
+    assert first["stored"] == 0 and first["source"] == "compiled"
+    assert len(list((cache / "mixlab-programs").iterdir())) == 1
+    second = json.loads(_python(STORED, MIXLAB_CACHE_DIR=str(cache)))
+    assert second["stored"] == 1 and second["source"] == "disk"
+    assert (second["ll"], second["means"], second["n_iter"]) == (
+        first["ll"],
+        first["means"],
+        first["n_iter"],
+    )
+    # Loading it set LAPACK up without running SciPy's linalg package (tracing imports
+    # it); SciPy works as ever afterwards.
+    assert second["preloaded"] and not first["preloaded"]
+    assert second["scipy_ok"] and first["scipy_ok"]

@@ -201,7 +201,9 @@ def chunked(
         wd = None if w is None else jnp.asarray(w, X.dtype)
         return _device_chunks(X, wd, jnp.asarray(shift), n_chunks, chunk, weighted)
     X3, W3 = to_chunks(X - shift if np.any(shift) else X, n_chunks, chunk, w)
-    return jnp.asarray(X3), None if W3 is None else jnp.asarray(W3)
+    # device_put, not jnp.asarray (a compiled program per shape in a new process); the
+    # chunks live only while the fit runs
+    return jax.device_put(X3), None if W3 is None else jax.device_put(W3)
 
 
 # --------------------------------------------------------------------- sharded

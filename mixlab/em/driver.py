@@ -534,7 +534,7 @@ def restart_keys(key: Array, n_init: int) -> Array:
     restart's key passed with ``n_init=1`` reproduces that restart alone.
     """
     if n_init == 1:
-        return key[None]
+        return jax.device_put(np.asarray(key)[None])  # no compiled program for one key
     rest = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(1, n_init, dtype=jnp.uint32))
     return jnp.concatenate([key[None], rest])
 
@@ -625,16 +625,18 @@ def fit_em(
         else:
             X3, W3 = shard_chunks(X, sample_weight, shift, n_chunks, chunk, mesh)
         X3, W3 = jax.block_until_ready((X3, W3))
+        # Scalars as NumPy values: each jnp.asarray would compile a small program in a
+        # new process.
         args = (
-            jax.tree_util.tree_map(jnp.asarray, starts),
+            starts,
             X3,
             W3,
-            jnp.asarray(total_weight, dtype),
-            jnp.asarray(tol, dtype),
-            jnp.asarray(max_iter, jnp.int32),
-            jnp.asarray(reg_covar, dtype),
-            jnp.asarray(summary.var, dtype),
-            jnp.asarray(COLLAPSE_POLICIES.index(on_collapse), jnp.int32),
+            np.asarray(total_weight, dtype),
+            np.asarray(tol, dtype),
+            np.asarray(max_iter, np.int32),
+            np.asarray(reg_covar, dtype),
+            np.asarray(summary.var, dtype),
+            np.asarray(COLLAPSE_POLICIES.index(on_collapse), np.int32),
         )
         with jax.default_matmul_precision(matmul_precision):
             compiled, compile_time, compile_source = _PROGRAMS.get(

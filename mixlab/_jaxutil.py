@@ -183,7 +183,9 @@ def use_persistent_cache() -> str | None:
     """Point JAX's persistent compilation cache at :func:`cache_directory`, once.
 
     A second Python process then loads mixlab's compiled programs from disk
-    instead of compiling them again (seconds for an EM program).  A cache
+    instead of compiling them again (seconds for an EM program): from mixlab's
+    own program store in the ``mixlab-programs`` folder of the directory in use
+    (:mod:`mixlab._programs`, no tracing), or else from JAX's cache.  A cache
     directory the user configured in JAX (``jax_compilation_cache_dir``) is
     used as it is; mixlab sets JAX's directory (and caches every program, not
     only those that took over a second) only when none is configured, so that
@@ -263,28 +265,13 @@ class CompiledCache:
         if full_key in self._programs:
             self._programs.move_to_end(full_key)
             return Compiled(self._programs[full_key], 0.0, "memory")
-        import os
-
         from mixlab import _programs
 
         start = time.perf_counter()
-        store = _programs.folder(use_persistent_cache())
-        entry = None if store is None else _programs.program_key(key, fn, args)
-        compiled = None if entry is None else _programs.load(store, entry[0])
-        if compiled is not None:
+        compiled, source = _programs.compile_or_load(key, fn, args, use_persistent_cache())
+        if source == "store":
             source = "disk"
             _persistent["program_hits"] += 1
-            compiled = _programs.Checked(compiled, fn, os.path.join(store, entry[0]))  # type: ignore[arg-type, index]
-        else:
-            hits = _persistent["hits"]
-            # A program to be stored is named after its key: JAX's cache (keyed by the
-            # program, its name included) cannot answer for it, because one loaded from
-            # there serializes without its code (jax 0.10, CPU).
-            named = fn if entry is None else _programs.named(fn, entry[0])
-            compiled = jax.jit(named).lower(*args).compile()
-            source = "disk" if _persistent["hits"] > hits else "compiled"
-            if entry is not None and source == "compiled":  # before it first runs:
-                _programs.save(store, entry[0], compiled, entry[1])  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
         self._programs[full_key] = compiled
         while len(self._programs) > self.size:

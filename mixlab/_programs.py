@@ -29,7 +29,8 @@ the least recently used go when the folder passes :data:`MAX_FILES` files or
 :data:`MAX_BYTES` bytes.  A file that cannot be read or loaded is removed and
 the program compiled as before: the store can only save time, never change a
 result.  As with JAX's own cache, the files are executable code: keep the
-cache directory private (it is per user by default).
+cache directory private (it is per user by default).  ``MIXLAB_PROGRAM_STORE=off``
+switches the store off and leaves JAX's cache on.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import os
 import pickle
 import tempfile
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -187,10 +188,7 @@ def _environment(device: Any) -> str | None:
 
 def _device_of(args: Any) -> Any:
     """The one device the program runs on, or ``None`` when the arguments span several."""
-    devices = set()
-    for leaf in jax.tree_util.tree_leaves(args):
-        if isinstance(leaf, jax.Array):
-            devices |= set(leaf.sharding.device_set)
+    devices = _devices(args)
     if len(devices) > 1:
         return None
     if devices:
@@ -198,9 +196,19 @@ def _device_of(args: Any) -> Any:
     return jax.devices()[0] if jax.config.jax_default_device is None else None
 
 
-def program_key(key: Any, fn: Any, args: Any) -> tuple[str, str] | None:
-    """The file name of a program (a SHA-256) and the platform it runs on, or
-    ``None`` when it cannot be stored."""
+class Entry(NamedTuple):
+    """Where a program is stored: its file name (a SHA-256) and the one device it runs on."""
+
+    name: str
+    device: Any
+
+    @property
+    def platform(self) -> str:
+        return self.device.platform
+
+
+def program_key(key: Any, fn: Any, args: Any) -> Entry | None:
+    """The store entry of a program, or ``None`` when it cannot be stored."""
     if jax.process_count() > 1:
         return None
     device = _device_of(args)
@@ -219,7 +227,7 @@ def program_key(key: Any, fn: Any, args: Any) -> tuple[str, str] | None:
     if environment is None:
         return None
     text = "\n".join([described, str(treedef), shapes, environment])
-    return hashlib.sha256(text.encode()).hexdigest(), device.platform
+    return Entry(hashlib.sha256(text.encode()).hexdigest(), device)
 
 
 def named(fn: Any, name: str) -> Any:
@@ -234,8 +242,71 @@ def named(fn: Any, name: str) -> Any:
     return program
 
 
+#: Environment variable that switches the store off (``off``), leaving JAX's cache on.
+STORE_ENV = "MIXLAB_PROGRAM_STORE"
+
+
+def compile_or_load(key: Any, fn: Any, args: tuple, cache_dir: str | None) -> tuple[Any, str]:
+    """``jax.jit(fn)`` compiled for ``args``, and where it came from: ``"store"`` (this
+    store), ``"disk"`` (JAX's persistent cache) or ``"compiled"``.
+
+    A program to be stored is named after its key, so JAX's cache (keyed by the
+    program, its name included) cannot answer for it: one loaded from there
+    serializes without its code (jax 0.10, CPU).  It is stored right after
+    compiling, before it first runs.  A program over several CPU devices keeps
+    out of JAX's cache altogether: loaded from there, its collectives wait for
+    each other forever (jax 0.10.2; XLA aborts the process after 40 s).
+    """
+    from jax._src import config as jax_config
+
+    store = folder(cache_dir)
+    entry = None if store is None else program_key(key, fn, args)
+    if entry is not None:
+        loaded = load(store, entry.name, entry.device)  # type: ignore[arg-type]
+        if loaded is not None:
+            return Checked(loaded, fn, os.path.join(store, entry.name)), "store"  # type: ignore[arg-type]
+        fn = named(fn, entry.name)
+    hits = _cache_hits()
+    if cache_dir is not None and _several_cpu_devices(args):
+        with jax_config.persistent_cache_min_compile_time_secs(float("inf")):  # no entry
+            compiled = jax.jit(named(fn, "uncached")).lower(*args).compile()
+        return compiled, "compiled"
+    compiled = jax.jit(fn).lower(*args).compile()
+    if _cache_hits() > hits:
+        return compiled, "disk"
+    if entry is not None:
+        save(store, entry.name, compiled, entry.platform)  # type: ignore[arg-type]
+    return compiled, "compiled"
+
+
+def _cache_hits() -> int:
+    from mixlab._jaxutil import _persistent
+
+    return _persistent["hits"]
+
+
+def _devices(args: Any) -> set[Any]:
+    """The devices the JAX arrays among ``args`` lie on."""
+    devices: set[Any] = set()
+    for leaf in jax.tree_util.tree_leaves(args):
+        if isinstance(leaf, jax.Array):
+            devices |= set(leaf.sharding.device_set)
+    return devices
+
+
+def _several_cpu_devices(args: Any) -> bool:
+    devices = _devices(args)
+    return len(devices) > 1 and any(d.platform == "cpu" for d in devices)
+
+
 def folder(cache_dir: str | None) -> str | None:
-    return None if cache_dir is None else os.path.join(cache_dir, FOLDER)
+    """The store's folder inside ``cache_dir`` (``None``: no store: no cache directory,
+    or ``$MIXLAB_PROGRAM_STORE`` is ``off``)."""
+    if cache_dir is None:
+        return None
+    if os.environ.get(STORE_ENV, "").strip().lower() in {"0", "off", "false", "no", "none"}:
+        return None
+    return os.path.join(cache_dir, FOLDER)
 
 
 def _prepare(targets: tuple[str, ...], platform: str) -> bool:
@@ -304,10 +375,10 @@ def custom_calls(compiled: Any) -> tuple[str, ...]:
     return tuple(sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text()))))
 
 
-def load(directory: str, name: str) -> Any:
-    """The compiled program stored under ``name``, or ``None`` (nothing stored, a
-    program this process cannot run safely without tracing, or a file that cannot
-    be loaded: it is removed)."""
+def load(directory: str, name: str, device: Any) -> Any:
+    """The compiled program stored under ``name``, loaded to run on ``device`` alone,
+    or ``None`` (nothing stored, a program this process cannot run safely without
+    tracing, or a file that cannot be loaded: it is removed)."""
     from jax.experimental import serialize_executable
 
     path = os.path.join(directory, name)
@@ -325,10 +396,14 @@ def load(directory: str, name: str) -> Any:
     except Exception:  # a truncated, stale or foreign file: compile instead
         _remove(path)
         return None
-    if not _prepare(targets, platform):
+    if platform != device.platform or not _prepare(targets, platform):
         return None
     try:
-        program = serialize_executable.deserialize_and_load(serialized, in_tree, out_tree)
+        # On its one device: left to itself, loading spreads a program over every device
+        # of the backend, whose collectives then wait forever for the other devices.
+        program = serialize_executable.deserialize_and_load(
+            serialized, in_tree, out_tree, backend=device.client, execution_devices=[device]
+        )
     except Exception:
         _remove(path)
         return None

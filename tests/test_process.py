@@ -98,3 +98,16 @@ def test_a_second_process_runs_the_stored_program_without_tracing(tmp_path):
     # it); SciPy works as ever afterwards.
     assert second["preloaded"] and not first["preloaded"]
     assert second["scipy_ok"] and first["scipy_ok"]
+
+
+def test_a_stored_one_device_program_runs_on_its_device_when_there_are_several(tmp_path):
+    # Loaded naively, an executable is spread over every device of the backend and its
+    # collectives wait forever for the others (XLA aborts after 40 s).
+    env = {
+        "MIXLAB_CACHE_DIR": str(tmp_path),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    first = json.loads(_python(STORED, **env))
+    second = json.loads(_python(STORED, **env))
+    assert (first["stored"], second["stored"]) == (0, 1)
+    assert (second["ll"], second["means"]) == (first["ll"], first["means"])

@@ -27,11 +27,20 @@ def _key(settings, args):
 
 
 ARGS = (jnp.zeros((3, 4)), np.ones(2))
+CPU = jax.devices()[0]
+
+
+def _fresh(fn, *args):
+    """``fn`` compiled here, never loaded from JAX's cache (a unique module name): one
+    JAX loaded serializes without its code, and a test run may have JAX's cache on."""
+    import uuid
+
+    return jax.jit(_programs.named(fn, uuid.uuid4().hex)).lower(*args).compile()
 
 
 def test_keys_follow_settings_shapes_dtypes_and_mixlab_source(monkeypatch):
     base = _key(_settings(), ARGS)
-    assert base is not None and base[1] == "cpu"
+    assert base is not None and base.platform == "cpu"
     assert _key(_settings(), ARGS) == base  # stable within the process
     changed = [
         _key(_settings(Gaussian(covariance="diag")), ARGS),
@@ -69,24 +78,24 @@ def _chol(a):
 
 def test_a_stored_program_loads_and_gives_the_compiled_programs_result(tmp_path):
     a = np.eye(3) * 2.0 + 0.5
-    compiled = jax.jit(_chol).lower(a).compile()
+    compiled = _fresh(_chol, a)
     assert _programs.custom_calls(compiled)  # LAPACK: prepared before loading
     assert _programs.save(str(tmp_path), "p", compiled, "cpu")
-    loaded = _programs.load(str(tmp_path), "p")
+    loaded = _programs.load(str(tmp_path), "p", CPU)
     assert [float(v) for v in loaded(a)] == [float(v) for v in compiled(a)]
     np.testing.assert_allclose(float(loaded(a)[0]), np.linalg.cholesky(a).sum(), rtol=1e-6)
 
 
 def test_a_damaged_or_foreign_file_is_removed_and_nothing_is_loaded(tmp_path):
-    compiled = jax.jit(_chol).lower(np.eye(2)).compile()
+    compiled = _fresh(_chol, np.eye(2))
     assert _programs.save(str(tmp_path), "p", compiled, "cpu")
     os.rename(tmp_path / "p", tmp_path / "q")  # holds another name
-    assert _programs.load(str(tmp_path), "q") is None and not (tmp_path / "q").exists()
-    assert _programs.save(str(tmp_path), "p", jax.jit(_chol).lower(np.eye(2)).compile(), "cpu")
+    assert _programs.load(str(tmp_path), "q", CPU) is None and not (tmp_path / "q").exists()
+    assert _programs.save(str(tmp_path), "p", _fresh(_chol, np.eye(2)), "cpu")
     data = (tmp_path / "p").read_bytes()
     (tmp_path / "p").write_bytes(data[: len(data) // 2])
-    assert _programs.load(str(tmp_path), "p") is None and not (tmp_path / "p").exists()
-    assert _programs.load(str(tmp_path), "absent") is None
+    assert _programs.load(str(tmp_path), "p", CPU) is None and not (tmp_path / "p").exists()
+    assert _programs.load(str(tmp_path), "absent", CPU) is None
 
 
 def test_programs_with_host_callbacks_are_not_stored(tmp_path):
@@ -128,7 +137,7 @@ def test_a_stored_program_that_loads_but_cannot_run_is_compiled_instead(tmp_path
         *serialize_executable.serialize(jax.jit(f).lower(x).compile())
     )
     assert _programs.save(str(tmp_path), "p", reloaded, "cpu")
-    checked = _programs.Checked(_programs.load(str(tmp_path), "p"), f, str(tmp_path / "p"))
+    checked = _programs.Checked(_programs.load(str(tmp_path), "p", CPU), f, str(tmp_path / "p"))
     np.testing.assert_array_equal(np.asarray(checked(x)), np.asarray(f(x)))
     assert not (tmp_path / "p").exists()
     np.testing.assert_array_equal(np.asarray(checked(x + 1)), np.asarray(f(x + 1)))
@@ -145,3 +154,10 @@ def test_integer_seeds_give_jax_prng_keys_made_on_the_host(seed):
     got = as_key(seed)
     assert isinstance(got, jax.Array) and got.dtype == np.uint32
     np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def test_the_store_can_be_switched_off_alone(monkeypatch, tmp_path):
+    assert _programs.folder(str(tmp_path)) == str(tmp_path / "mixlab-programs")
+    assert _programs.folder(None) is None
+    monkeypatch.setenv("MIXLAB_PROGRAM_STORE", "off")
+    assert _programs.folder(str(tmp_path)) is None

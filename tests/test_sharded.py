@@ -148,3 +148,35 @@ def test_global_rows_in_one_process_is_the_data():
     np.testing.assert_array_equal(np.asarray(G), X)
     with pytest.raises(ValueError, match="numeric 1-D or 2-D"):
         ml.distributed.global_rows(np.zeros((2, 2, 2)))
+
+
+SECOND = r"""
+import json
+import numpy as np
+import mixlab as ml
+X = np.random.default_rng(0).normal(size=(400, 2)) + np.repeat([[0.0], [5.0]], 200, axis=0)
+r = ml.fit(X, 2, ml.EM(devices="all", max_iter=5, tol=0.0), key=0)
+print(json.dumps({"ll": r.log_likelihood, "means": r.params.means.tolist(),
+                  "source": r.diagnostics["compile_cache"]}))
+"""
+
+
+def test_a_second_process_with_a_cache_compiles_the_sharded_program_again(tmp_path):
+    # Loaded from JAX's persistent cache, programs over several CPU devices can hang in
+    # their collectives (jax 0.10.2: XLA aborts after 40 s; seen when the sharded test's
+    # script ran twice with a cache): mixlab keeps such programs out of every cache, so
+    # a second process compiles again, and gets the same fit.
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "MIXLAB_CACHE_DIR": str(tmp_path),
+    }
+    outs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", SECOND], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert [o.pop("source") for o in outs] == ["compiled", "compiled"]
+    assert outs[0] == outs[1]

@@ -206,6 +206,7 @@ def galaxies_fits():
     return fits
 
 
+@pytest.mark.benchmark  # the galaxies example's test runs the same comparison, smaller
 @pytest.mark.parametrize("K", [3, 4])
 def test_galaxies_comparison_end_to_end(galaxies_fits, K):
     em, nuts = galaxies_fits[K]
@@ -215,6 +216,7 @@ def test_galaxies_comparison_end_to_end(galaxies_fits, K):
     assert c.agree["nuts"], c.summary
 
 
+@pytest.mark.benchmark
 def test_loo_ranks_the_galaxy_models(galaxies_fits):
     import warnings
 

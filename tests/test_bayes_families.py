@@ -45,7 +45,10 @@ def _fits(family: str):
     return family, X, em, svi, nuts
 
 
-@pytest.fixture(params=["poisson", "bernoulli", "student_t"])
+# Student-t's EM, SVI and NUTS fits take 25 s: a benchmark (pytest -m benchmark).
+@pytest.fixture(
+    params=["poisson", "bernoulli", pytest.param("student_t", marks=pytest.mark.benchmark)]
+)
 def fits(request):
     return _fits(request.param)
 

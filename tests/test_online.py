@@ -98,6 +98,7 @@ def million():
     return X, batch, batch.standard_errors()
 
 
+@pytest.mark.benchmark
 @pytest.mark.parametrize("averaging", [False, True])
 def test_one_epoch_on_a_million_rows_ends_within_sampling_error_of_batch_em(million, averaging):
     X, batch, se = million

@@ -151,6 +151,7 @@ CALIBRATION = {
 }
 
 
+@pytest.mark.benchmark
 @pytest.mark.parametrize("case", list(CALIBRATION))
 def test_standard_errors_match_the_spread_of_estimates_over_simulated_data(case):
     """300 data sets from known parameters, EM started at the truth (no label switching):

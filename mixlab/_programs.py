@@ -260,7 +260,10 @@ def compile_or_load(key: Any, fn: Any, args: tuple, cache_dir: str | None) -> tu
     from jax._src import config as jax_config
 
     store = folder(cache_dir)
-    entry = None if store is None else program_key(key, fn, args)
+    try:
+        entry = None if store is None else program_key(key, fn, args)
+    except Exception:  # the store only ever saves time: a key it cannot make means no entry
+        entry = None
     if entry is not None:
         loaded = load(store, entry.name, entry.device)  # type: ignore[arg-type]
         if loaded is not None:
@@ -461,14 +464,18 @@ def save(directory: str, name: str, compiled: Any, platform: str) -> bool:
         blob = zlib.compress(pickle.dumps(entry), 1)
     except Exception:  # not serializable on this backend, or a newer JAX: no entry
         return False
+    tmp = None
     try:
         os.makedirs(directory, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         with os.fdopen(handle, "wb") as f:
             f.write(blob)
         os.replace(tmp, os.path.join(directory, name))
+        tmp = None
         _evict(directory)
-    except OSError:
+    except OSError:  # a full disk, a read-only directory: no entry, no leftovers
+        if tmp is not None:
+            _remove(tmp)
         return False
     return True
 

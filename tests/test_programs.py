@@ -161,3 +161,28 @@ def test_the_store_can_be_switched_off_alone(monkeypatch, tmp_path):
     assert _programs.folder(None) is None
     monkeypatch.setenv("MIXLAB_PROGRAM_STORE", "off")
     assert _programs.folder(str(tmp_path)) is None
+
+
+def test_a_store_that_cannot_key_or_write_never_stops_a_fit(tmp_path, monkeypatch):
+    # The store only ever saves time: a failure to make a key, or to write the file,
+    # leaves the program compiled as without it, and no half-written file behind.
+    def broken(*args, **kwargs):
+        raise RuntimeError("no key")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_programs, "program_key", broken)
+        compiled, source = _programs.compile_or_load("k", _chol, (np.eye(2),), str(tmp_path))
+    assert source == "compiled" and not (tmp_path / "mixlab-programs").exists()
+    np.testing.assert_allclose(float(compiled(np.eye(2))[0]), 2.0)
+
+    (tmp_path / "a file").write_text("not a folder")
+    assert not _programs.save(str(tmp_path / "a file"), "p", _fresh(_chol, np.eye(2)), "cpu")
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    store = tmp_path / "store"
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", full_disk)
+        assert not _programs.save(str(store), "p", _fresh(_chol, np.eye(2)), "cpu")
+    assert list(store.iterdir()) == []

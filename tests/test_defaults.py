@@ -62,7 +62,15 @@ def test_kmeans_plus_plus_on_an_isolated_point_no_longer_fails():
 
 
 @pytest.mark.parametrize("init", ml.em.INIT_METHODS)
-@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize(
+    "covariance_type",
+    # diag and spherical starts are the full ones' diagonals: benchmarks (pytest -m benchmark)
+    [
+        "full",
+        "tied",
+        *(pytest.param(c, marks=pytest.mark.benchmark) for c in ("diag", "spherical")),
+    ],
+)
 def test_starts_are_never_degenerate(init, covariance_type):
     """Duplicated rows and an isolated point: no start has a covariance that is singular
     above reg_covar (the smallest eigenvalue of Sigma_k - reg_covar I stays above
@@ -212,7 +220,7 @@ def test_more_restarts_never_end_worse(init):
     """Restart 0 is the n_init=1 fit and the restarts of n_init=a are the first a of
     n_init=b, so the best log-likelihood can only grow with n_init (many keys)."""
     X = _sklearn_random_data(3, "full")
-    for key in range(25):
+    for key in range(12):
         lls = [ml.fit(X, 3, ml.EM(n_init=n, init=init), key=key).log_likelihood for n in (1, 4, 10)]
         # equal starts give equal fits up to rounding (batches of 1, 4, 10 restarts
         # compile to different kernels; the stopping iteration can shift by one): 1e-9

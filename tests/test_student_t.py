@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from scipy.linalg import solve_triangular
@@ -252,6 +253,7 @@ def _worst_mean_error(means: np.ndarray) -> float:
     )
 
 
+@pytest.mark.benchmark
 def test_student_t_means_resist_gross_outliers():
     X = _contaminated(0)
     method = ml.EM(init="kmeans++", n_init=16, tol=1e-6, max_iter=2000)

@@ -268,6 +268,7 @@ def test_bootstrap_is_reproducible_and_checks_its_arguments(faithful_em):
         faithful_em.bootstrap(n_boot=1)
 
 
+@pytest.mark.benchmark
 def test_bootstrap_of_weighted_rows_resamples_the_observations():
     """LSAT-6's 32 response patterns with counts: rows are drawn in proportion to their
     counts (1000 observations per replicate).  The class weights are weakly identified

@@ -71,7 +71,7 @@ def _reg_dip_bound(result: ml.FitResult, X: np.ndarray, reg: float) -> np.ndarra
     return np.asarray(bounds)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     covariance_type=st.sampled_from(COVARIANCE_TYPES),
     dtype=st.sampled_from(["float64", "float32"]),
@@ -135,7 +135,7 @@ def test_fuzz_finite_monotone_or_a_clear_error():
     fuzz_case()
     total = OUTCOMES["finite, monotone fit"] + OUTCOMES["clear error"]
     print(f"\nfuzz cases: {total}; " + ", ".join(f"{k}: {v}" for k, v in sorted(OUTCOMES.items())))
-    assert total >= 27  # hypothesis may stop a little early on repeated examples
+    assert total >= 18  # hypothesis may stop a little early on repeated examples
     for dtype in ("float64", "float32"):
         for ct in COVARIANCE_TYPES:
             assert OUTCOMES[f"{dtype} {ct}"] > 0, f"no successful {dtype} {ct} case"

@@ -144,7 +144,7 @@ def test_not_converged_warns_as_sklearn(X):
 
 # -------------------------------------------------------------- model selection
 def test_grid_search_over_a_pipeline_picks_the_true_number_of_components():
-    """Four well separated clusters; GridSearchCV over K = 1..5 picks 4.
+    """Four well separated clusters; GridSearchCV over K = 3..5 picks 4.
 
     Scored by held-out BIC.  The estimator's own score (held-out mean
     log-likelihood) also picks 4 on this seed, but by 0.002 nats per sample over
@@ -163,15 +163,14 @@ def test_grid_search_over_a_pipeline_picks_the_true_number_of_components():
 
     search = GridSearchCV(
         Pipeline([("scale", StandardScaler()), ("gmm", GaussianMixture(random_state=0))]),
-        {"gmm__n_components": [1, 2, 3, 4, 5]},
+        {"gmm__n_components": [3, 4, 5]},
         cv=3,
         scoring=neg_bic,
         refit=False,  # the refit on all rows would compile one more program
     ).fit(X)
     assert search.best_params_ == {"gmm__n_components": 4}
-    scores = search.cv_results_["mean_test_score"]
-    assert scores[3] > max(scores[2], scores[4]) + 30
-    assert np.all(np.diff(scores[:4]) > 0)
+    scores = search.cv_results_["mean_test_score"]  # K = 3, 4, 5
+    assert scores[1] > max(scores[0], scores[2]) + 30
 
 
 # ------------------------------------------------------------------- DataFrames

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = np.repeat(patterns, counts.astype(int), axis=0)
     print(f"LSAT-6: {len(patterns)} response patterns of {int(counts.sum())} examinees")
     print(f"proportion correct per item: {np.round(rows.mean(axis=0), 3)}")
-    em = ml.EM(n_init=args.n_init, tol=1e-10, max_iter=5000)
+    em = ml.EM(n_init=args.n_init, max_iter=5000)
     fits = {}
     print(f"\n{'K':>2} {'log-lik':>10} {'BIC':>9} {'reached best':>13}")
     for k in range(1, args.max_k + 1):
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # The same start on the 1000 rows: the weighted fit is the fit of the expanded data.
     start = {"weights": fit.params.weights, "probs": np.clip(fit.params.probs, 0.05, 0.95)}
-    again = ml.EM(init=start, tol=1e-10, max_iter=5000)
+    again = ml.EM(init=start, max_iter=5000)
     weighted = ml.fit(patterns, best, again, family="bernoulli", sample_weight=counts)
     expanded = ml.fit(rows, best, again, family="bernoulli")
     gap = float(np.max(np.abs(weighted.params.probs - expanded.params.probs)))

@@ -107,6 +107,26 @@ def _render(
     return [line.rstrip() for line in lines]
 
 
+def _em_at_maximum(em: FitResult) -> tuple[FitResult, list[str]]:
+    """The EM fit to compare: continued to the maximum where it stopped short of it
+    (:func:`mixlab.uncertainty.maximum_for_uncertainty`), with a note saying so; else
+    as it is.  A comparison with an EM estimate short of the maximum would measure how
+    far EM stopped, not how EM differs from the posterior."""
+    import warnings
+
+    from mixlab.errors import ConvergenceWarning
+    from mixlab.uncertainty import maximum_for_uncertainty
+
+    if em.method != "em" or em.data is None or em.settings.get("assignment") == "hard":
+        return em, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        top = maximum_for_uncertainty(em, em.data, em.sample_weight, "comparison made")
+    for w in caught[:1]:  # said in the result's summary and as a warning
+        warnings.warn(str(w.message), ConvergenceWarning, stacklevel=3)
+    return top, [f"EM: {w.message}" for w in caught[:1]]
+
+
 def _em_standard_errors(em: FitResult, rows: list) -> tuple[list[float] | None, list[str]]:
     """EM's standard errors per table row (``None`` where they cannot be had) and notes."""
     import warnings
@@ -356,6 +376,7 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
                 f"({other.params.family!r}) but the EM fit has {em.params.n_components} "
                 f"({em.params.family!r}); compare fits of the same model"
             )
+    em, max_note = _em_at_maximum(em)
     names = parameter_names(em)
     # The verdict rests on the weights and the location parameters (the first of each
     # family: means, rates, probabilities); scales are reported but not required.
@@ -366,6 +387,7 @@ def compare(em: FitResult, *others: FitResult, hdi_prob: float = 0.94) -> Compar
         "em": [float(_value(em.params, g)[i]) for _, g, i in rows],
     }
     em_se, se_note = _em_standard_errors(em, rows)
+    se_note = max_note + se_note
     if em_se is not None:
         table["em_se"] = em_se
     methods: list[dict[str, Any]] = [

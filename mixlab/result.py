@@ -291,6 +291,53 @@ class FitResult:
         return float(-2.0 * ll + 2.0 * self.n_parameters)
 
     # ----------------------------------------------------------- uncertainty
+    @property
+    def remaining_gain(self) -> float:
+        """How much log-likelihood EM had still to gain when it stopped (an estimate).
+
+        Aitken's acceleration of the last three log-likelihoods of the trace
+        (:func:`mixlab.em.stopping.remaining_gain`): ``|d1| / (1 - a)`` with
+        ``d1`` the last increment and ``a`` the ratio of the last two.  Near a
+        maximum every parameter is then within about ``sqrt(2 * gain)``
+        standard errors of it (:attr:`max_distance_se`).  ``inf`` where the
+        last increments do not shrink or fewer than two iterations were run;
+        ``nan`` for anything but a soft EM fit (hard EM, online EM, SVI, NUTS).
+        """
+        from mixlab.em.stopping import remaining_gain
+
+        if self.method != "em" or self.settings.get("assignment") == "hard":
+            return float("nan")
+        t = np.asarray(self.trace, np.float64)
+        if len(t) < 3:
+            return float("inf")
+        eps = float(np.finfo(np.asarray(self.params.weights).dtype).eps)
+        return float(remaining_gain(t[-3], t[-2], t[-1], eps))
+
+    @property
+    def max_distance_se(self) -> float:
+        """Bound on how far any parameter may be from the maximum, in standard errors:
+        ``sqrt(2 * remaining_gain)`` (the quadratic approximation of the
+        log-likelihood; see :mod:`mixlab.em.stopping`)."""
+        return float(np.sqrt(2.0 * self.remaining_gain))
+
+    def at_maximum(self, tol: float | None = None, max_iter: int | None = None) -> FitResult:
+        """The fit continued by EM from its estimate until it is at the maximum.
+
+        Runs EM from :attr:`params` with the fit's own settings (regulariser,
+        fixed parameters, collapse policy) and the ``"gap"`` rule at a tight
+        ``tol`` (default ``1e-9``; ``max_iter`` default 100000), on the
+        fitted data.  Returns ``self`` when the estimate is there already (EM
+        gains under ``tol``), else the continued fit, whose
+        ``diagnostics["continued"]`` holds the iterations and the
+        log-likelihood gained.  :meth:`standard_errors`, :meth:`bootstrap`,
+        :meth:`covariance_of_estimates` and :func:`mixlab.compare` do this
+        themselves (with a warning) when the estimate is short of the maximum.
+        """
+        from mixlab.uncertainty import continue_to_maximum
+
+        X, sample_weight, _ = self._information_inputs(None, None)
+        return continue_to_maximum(self, X, sample_weight, tol, max_iter)
+
     def _information_inputs(self, X: Any, sample_weight: Any) -> tuple[Any, Any, tuple]:
         if self.method != "em":
             whose = (
@@ -326,17 +373,25 @@ class FitResult:
         ...); fixed parameters have 0.  ``X`` (and ``sample_weight``) default
         to the fitted data.
 
+        An estimate short of the maximum (an estimated log-likelihood gain
+        still to come above ``1.25e-3``, i.e. parameters possibly more than
+        0.05 standard errors away; or a fit that did not converge) is first
+        continued by EM to the maximum (:meth:`at_maximum`), with a
+        :class:`~mixlab.errors.ConvergenceWarning` that says by how much it
+        moved: the errors are then those of the continued estimate.
+
         Raises
         ------
         FitError
-            The information is singular (a component with too few points, a
-            rate or probability on its boundary) or not positive definite (the
-            estimate is a saddle point); the message names the component.
+            The information is singular at the maximum (a component with too
+            few points, a rate or probability on its boundary) or not positive
+            definite (a saddle point); the message names the component.
         """
-        from mixlab.uncertainty import standard_errors
+        from mixlab.uncertainty import maximum_for_uncertainty, standard_errors
 
         X, sample_weight, fixed = self._information_inputs(X, sample_weight)
-        return standard_errors(self.params, X, sample_weight, fixed)
+        params = maximum_for_uncertainty(self, X, sample_weight, "standard errors computed").params
+        return standard_errors(params, X, sample_weight, fixed)
 
     def bootstrap(
         self,
@@ -357,10 +412,11 @@ class FitResult:
     def covariance_of_estimates(self, X: Any = None, sample_weight: Any = None) -> Any:
         """The full asymptotic covariance of the free EM estimates (an
         :class:`~mixlab.uncertainty.EstimateCovariance`: ``names`` and ``matrix``)."""
-        from mixlab.uncertainty import covariance_of_estimates
+        from mixlab.uncertainty import covariance_of_estimates, maximum_for_uncertainty
 
         X, sample_weight, fixed = self._information_inputs(X, sample_weight)
-        return covariance_of_estimates(self.params, X, sample_weight, fixed)
+        params = maximum_for_uncertainty(self, X, sample_weight, "covariance computed").params
+        return covariance_of_estimates(params, X, sample_weight, fixed)
 
     # --------------------------------------------------------------- output
     def to_arviz(self, X: Any = None, feature_names: list[str] | None = None) -> Any:
@@ -418,6 +474,18 @@ class FitResult:
             f"n_iter={self.n_iter}  time {self.elapsed:.3g}s (+{self.compile_time:.3g}s "
             + ("loading the compiled program)" if loaded else "compile)"),
         ]
+        gain = self.remaining_gain
+        if np.isfinite(gain):
+            lines.append(
+                f"distance to the maximum: an estimated {gain:.2g} of log-likelihood still to "
+                f"gain, so every parameter within about {self.max_distance_se:.2g} standard "
+                "errors of it"
+            )
+        elif np.isinf(gain):
+            lines.append(
+                "distance to the maximum: unknown (the last increments did not shrink); "
+                "result.at_maximum() continues EM to it"
+            )
         if self.restarts is not None and len(self.restarts) > 1:
             ll = self.restarts.log_likelihood
             lines.append(

@@ -25,7 +25,7 @@ from mixlab._validation import (
 )
 from mixlab.api import fit, resolve_family
 from mixlab.em.steps import log_likelihood
-from mixlab.errors import FitError
+from mixlab.errors import ConvergenceWarning, FitError
 from mixlab.families import Family, get_family
 from mixlab.families import families as registered_families
 from mixlab.methods import EM, NUTS, SVI, Method
@@ -59,7 +59,10 @@ class Selection:
         ``n_parameters``, ``bic``, ``aic``, ``icl``, with a Bayesian method
         ``loo`` and ``loo_se`` (PSIS-LOO on the deviance scale, ``-2 *
         elpd_loo``, and its standard error), ``converged`` and ``error`` (empty,
-        or why the candidate was skipped or failed; its criteria are then NaN).
+        or why the candidate was skipped or failed; its criteria are then NaN)
+        and ``note`` (empty, or how an EM candidate whose own starts ended below
+        the fit of one component fewer was refitted: from split starts of that
+        fit, so that the log-likelihood does not fall as K grows).
     results : dict of (str, str or None, int) to FitResult
         The fitted candidates by ``(family, covariance, n_components)``.
     criterion : str
@@ -119,6 +122,16 @@ class Selection:
         text = [textwrap.fill(head, 100), *rows]
         if has_loo:
             text.append("LOO: -2 * elpd_loo (PSIS-LOO, deviance scale), lower is better.")
+        noted = [
+            f"{_label(r.family, r.covariance, r.n_components)}: {r.note}"
+            for r in table.itertuples(index=False)
+            if getattr(r, "note", "")
+        ]
+        if noted:
+            text.append("Notes:")
+            text += [
+                textwrap.fill(n, 100, initial_indent="  ", subsequent_indent="    ") for n in noted
+            ]
         if notes:
             text.append("Skipped or failed:")
             text += [
@@ -264,6 +277,100 @@ def _entropy(result: FitResult, data: np.ndarray, weights: np.ndarray | None) ->
     log_resp = np.log(np.where(resp > 0.0, resp, 1.0))
     per_row = -np.sum(resp * log_resp, axis=1)
     return float(np.sum(per_row if weights is None else weights * per_row))
+
+
+#: A candidate whose log-likelihood is this far (relative) below that of one fewer
+#: component of the same model is below a smaller nested model: started again from splits.
+NESTED_RTOL = 1e-9
+
+
+def split_starts(
+    result: FitResult, data: np.ndarray, weights: np.ndarray | None, reg_covar: float
+) -> list[Any]:
+    """Starts of ``K + 1`` components from a ``K``-component fit, one per component:
+    that component's rows (by responsibility) cut in two along their principal axis,
+    the halves and every other component fitted by one M-step from those
+    responsibilities.  Any family: the cut is made in the data, the M-step is the
+    family's."""
+    from mixlab.em.steps import m_step
+
+    resp = result.predict_proba(data)
+    w = np.ones(len(data)) if weights is None else np.asarray(weights, np.float64)
+    x = np.asarray(data, np.float64)
+    starts = []
+    for j in range(resp.shape[1]):
+        rj = resp[:, j] * w
+        if rj.sum() < 2.0:
+            continue
+        centred = x - rj @ x / rj.sum()
+        cov = (centred * rj[:, None]).T @ centred / rj.sum()
+        axis = np.linalg.eigh(cov)[1][:, -1]
+        side = (centred @ axis > 0)[:, None]
+        new = np.concatenate(
+            [resp[:, :j], resp[:, j : j + 1] * side, resp[:, j : j + 1] * ~side, resp[:, j + 1 :]],
+            axis=1,
+        )
+        starts.append(
+            m_step(x, new, family=result.params.family, reg_covar=reg_covar, sample_weight=weights)
+        )
+    return starts
+
+
+def _refit_from_splits(
+    smaller: FitResult, data: np.ndarray, weights: np.ndarray | None, method: EM, names: Any
+) -> FitResult | None:
+    """The best EM fit of one more component than ``smaller`` from its split starts."""
+    best = None
+    for start in split_starts(smaller, data, weights, method.reg_covar):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                r = fit(
+                    data,
+                    start.n_components,
+                    replace(method, init=start, n_init=1),
+                    family=smaller.params.family,
+                    sample_weight=weights,
+                    feature_names=names,
+                    order="location",
+                )
+        except FitError:
+            continue
+        if best is None or r.log_likelihood > best.log_likelihood:
+            best = r
+    return best
+
+
+def _nested(
+    result: FitResult,
+    smaller: FitResult | None,
+    data: np.ndarray,
+    weights: np.ndarray | None,
+    method: Method,
+    names: Any,
+    row: dict[str, Any],
+) -> FitResult:
+    """``result``, or where it ends below the fit of one component fewer (a nested
+    model, so a poorer local maximum), the best EM fit from that fit's split starts;
+    ``row["note"]`` says which, and whether it is still below."""
+    if not isinstance(method, EM) or smaller is None:
+        return result
+    if smaller.n_components != result.n_components - 1:
+        return result
+    floor = smaller.log_likelihood - NESTED_RTOL * abs(smaller.log_likelihood)
+    if result.log_likelihood >= floor:
+        return result
+    better = _refit_from_splits(smaller, data, weights, method, names)
+    k = smaller.n_components
+    if better is not None and better.log_likelihood > result.log_likelihood:
+        result = replace(better, feature_units=result.feature_units)
+        row["note"] = f"from a split of K={k}: its own starts ended below K={k}"
+    if result.log_likelihood < floor:
+        row["note"] = (
+            f"log-likelihood below K={k}'s (a poorer local maximum, also from splits of "
+            f"K={k}); more restarts (n_init) may find a better one"
+        )
+    return result
 
 
 def _integer_weights(weights: np.ndarray | None) -> bool:
@@ -412,6 +519,7 @@ def select(
         bar = tqdm(total=len(models) * len(ks), desc="select")
     try:
         for label, layout, fam in models:
+            smaller: FitResult | None = None  # the fit of the next smaller K of this model
             for k in ks:
                 candidate: CandidateKey = (label, layout, k)
                 if bar is not None:
@@ -428,7 +536,7 @@ def select(
                 }
                 if bayesian:
                     row.update(loo=np.nan, loo_se=np.nan)
-                row.update(converged=False, error="")
+                row.update(converged=False, error="", note="")
                 rows.append(row)
                 if k > n_rows:
                     row["error"] = f"skipped: {k} components but only {n_rows} sample(s)" + (
@@ -449,7 +557,9 @@ def select(
                     except FitError as exc:
                         row["error"] = f"FitError: {exc}"
                     else:
+                        result = _nested(result, smaller, data, weights, method, names, row)
                         results[candidate] = result
+                        smaller = result
                         ll = log_likelihood(data, result.params, sample_weight=weights)
                         bic = result.bic(data, sample_weight=weights)
                         row.update(

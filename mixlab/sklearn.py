@@ -426,6 +426,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         init = self._start(X, family, seed)
         method = EM(
             tol=self.tol,
+            criterion="change",  # scikit-learn's tol, exactly
+            standardize=False,  # starts in the data's units, as scikit-learn's
             max_iter=self.max_iter,
             n_init=self.n_init if isinstance(init, str) else 1,
             init=init,

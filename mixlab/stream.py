@@ -79,8 +79,9 @@ from mixlab.em.driver import (
     restart_keys,
     trace_capacity,
 )
-from mixlab.em.init import initial_params
+from mixlab.em.init import initial_params, resolve_init
 from mixlab.em.steps import _row_log_density, chunk_sum, e_pass, guarded_counts, objectives
+from mixlab.em.stopping import StopRule, should_stop, stop_rule
 from mixlab.errors import ConvergenceWarning, FitError
 from mixlab.families import DataSummary, Family
 from mixlab.methods import EM
@@ -1224,7 +1225,15 @@ def _init_program(
     """Starting parameters of every restart from the sample, as in memory."""
     return jax.vmap(
         lambda k: initial_params(
-            k, X3, W3, settings.n_components, settings.family, settings.init, reg, data_var
+            k,
+            X3,
+            W3,
+            settings.n_components,
+            settings.family,
+            settings.init,
+            reg,
+            data_var,
+            settings.standardize,
         )
     )(keys)
 
@@ -1328,7 +1337,7 @@ def _update(
     worst: Array,
     pooled: MixtureParams,
     n_samples: Array,
-    tol: Array,
+    rule: StopRule,
     max_iter: Array,
     reg: Array,
     data_var: Array,
@@ -1401,15 +1410,18 @@ def _update(
 
     accept = valid & ~still_collapsed
     n_iter = state.n_iter + accept.astype(jnp.int32)
-    change = (sums.objective - state.objective) / n_samples
+    stop = should_stop(
+        rule,
+        state.trace,
+        state.n_iter,
+        state.objective,
+        sums.objective,
+        n_samples,
+        restarted,
+        state.last_restart >= 0,
+    )
     status = jnp.select(
-        [
-            ~finite,
-            bad >= 0,
-            still_collapsed,
-            (jnp.abs(change) < tol) & ~restarted,
-            n_iter >= max_iter,
-        ],
+        [~finite, bad >= 0, still_collapsed, stop, n_iter >= max_iter],
         [
             EMStatus.NONFINITE,
             EMStatus.DEGENERATE,
@@ -1451,7 +1463,7 @@ def _finish(
     worst: Array,
     pooled: MixtureParams,
     n_samples: Array,
-    tol: Array,
+    rule: StopRule,
     max_iter: Array,
     reg: Array,
     data_var: Array,
@@ -1462,7 +1474,7 @@ def _finish(
     to ``centre`` (an exact no-op where they are the same), then :func:`_update`."""
     if second is not None:
         second = _move_second(second, w2, s1, ref, centre, settings)
-    shared = (pooled, n_samples, tol, max_iter, reg, data_var, policy)
+    shared = (pooled, n_samples, rule, max_iter, reg, data_var, policy)
     return jax.vmap(lambda st, s, sec, w: _update(st, s, sec, w, *shared, settings=settings))(
         state, sums, second, worst
     )
@@ -1742,9 +1754,10 @@ def fit_stream(
             capacity=trace_capacity(max_iter),
             hard=options["hard"],
             fixed=tuple(sorted(options["fixed"])),
-            init=None if explicit else method.init,
+            init=None if explicit else resolve_init(method.init, fam),
             formulation=formulation,
             matmul_precision=options["matmul_precision"],
+            standardize=options["standardize"],
         )
         engine = _Engine(
             src, read_rows, block_rows, padded_rows, dt, scan.shift, n_rows, prefetch, bar
@@ -1785,6 +1798,7 @@ def fit_stream(
                 scan,
                 n_sub,
                 tol,
+                options["criterion"],
                 max_iter,
                 reg,
                 data_var,
@@ -2000,6 +2014,7 @@ def _em_loop(
     scan: _Scan,
     n_sub: int,
     tol: float,
+    criterion: str,
     max_iter: int,
     reg: Array,
     data_var: Array,
@@ -2025,7 +2040,7 @@ def _em_loop(
     pool_movable = pool_two_pass and _quadratic_second_pass(family)
     scalars = (
         jnp.asarray(scan.total_weight, dt),
-        jnp.asarray(tol, dt),
+        stop_rule(tol, criterion, dt),
         jnp.asarray(max_iter, jnp.int32),
         reg,
         data_var,

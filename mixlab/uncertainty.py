@@ -221,12 +221,117 @@ def _check_stationary(coords: list[_Coordinate], grad: np.ndarray, cov: np.ndarr
     if z[i] > STATIONARY_SE:
         warnings.warn(
             f"the estimate is not at a maximum of the likelihood: a Newton step moves "
-            f"{_label(coords[i])} by {z[i]:.2g} standard errors, so EM stopped early and "
-            "these standard errors describe a point short of the maximum; refit with a "
-            "smaller tol (e.g. EM(tol=1e-8, max_iter=1000))",
+            f"{_label(coords[i])} by {z[i]:.2g} standard errors, so these standard errors "
+            "describe a point short of the maximum: EM's regulariser reg_covar (added to "
+            "every variance) is not small next to a variance of the data, or EM stopped "
+            "early; rescale the data or lower reg_covar, or refit with a smaller tol",
             ConvergenceWarning,
             stacklevel=4,
         )
+
+
+#: An estimate with more log-likelihood than this still to gain (Aitken's estimate from
+#: its trace) is short of the maximum: its parameters may be more than
+#: ``sqrt(2 * SHORT_GAIN) = 0.05`` standard errors away.
+SHORT_GAIN = 1.25e-3
+
+#: The tight rule that :meth:`FitResult.at_maximum` continues EM with ("gap" criterion).
+MAXIMUM_TOL = 1e-9
+MAXIMUM_MAX_ITER = 100_000
+
+
+def _flat(params: MixtureParams) -> np.ndarray:
+    return np.concatenate(
+        [np.ravel(params.weights)] + [np.ravel(np.asarray(v)) for v in params.components.values()]
+    )
+
+
+def continue_to_maximum(
+    result: Any,
+    X: Any,
+    sample_weight: Any,
+    tol: float | None = None,
+    max_iter: int | None = None,
+) -> Any:
+    """EM continued from ``result``'s estimate to a tight tolerance on ``X`` (the same
+    compiled EM program as any explicit start); ``result`` itself when EM gains
+    less than ``tol`` there.  See :meth:`FitResult.at_maximum`."""
+    from dataclasses import replace
+
+    from mixlab._validation import check_float, check_int
+    from mixlab.api import fit
+    from mixlab.methods import EM
+
+    tol = MAXIMUM_TOL if tol is None else check_float(tol, "tol", minimum=0.0, strict=True)
+    max_iter = MAXIMUM_MAX_ITER if max_iter is None else check_int(max_iter, "max_iter", 1)
+    s = result.settings
+    method = EM(
+        init=result.params,
+        tol=tol,
+        criterion="gap",
+        max_iter=max_iter,
+        reg_covar=s.get("reg_covar", 1e-6),
+        fixed=tuple(s.get("fixed") or ()),
+        formulation=s.get("formulation", "auto"),
+        on_collapse=s.get("on_collapse", "reinit"),
+        chunk_size=s.get("chunk_size"),
+    )
+    top = fit(
+        X,
+        result.n_components,
+        method,
+        family=result.params.family,
+        sample_weight=sample_weight,
+        feature_names=result.feature_names,
+        order=None,
+    )
+    gained = top.log_likelihood - result.log_likelihood
+    if top.n_iter <= 1 or gained < tol:
+        return result
+    diagnostics = {
+        **top.diagnostics,
+        "continued": {
+            "from_log_likelihood": float(result.log_likelihood),
+            "iterations": int(top.n_iter),
+            "gained": float(gained),
+        },
+    }
+    return replace(top, feature_units=result.feature_units, diagnostics=diagnostics)
+
+
+def maximum_for_uncertainty(result: Any, X: Any, sample_weight: Any, what: str) -> Any:
+    """The fit whose uncertainty is computed: ``result`` when it is at the maximum
+    (:data:`SHORT_GAIN`), else EM continued from it, with a ConvergenceWarning naming
+    how far it moved (in standard errors at the maximum, where they exist)."""
+    import warnings
+
+    from mixlab.errors import ConvergenceWarning
+
+    gain = result.remaining_gain
+    if result.converged and gain <= SHORT_GAIN:
+        return result
+    top = continue_to_maximum(result, X, sample_weight)
+    if top is result or top.diagnostics["continued"]["gained"] <= SHORT_GAIN:
+        return result  # within 0.05 standard errors of the maximum after all
+    info = top.diagnostics["continued"]
+    moved = ""
+    try:
+        se = _flat(standard_errors(top.params, X, sample_weight, tuple(top.settings["fixed"])))
+        delta = np.abs(_flat(top.params) - _flat(result.params))
+        z = np.where(se > 0, delta / np.where(se > 0, se, 1.0), 0.0)
+        moved = f", which moved its parameters by up to {np.max(z):.2g} standard errors"
+    except FitError:
+        pass
+    warnings.warn(
+        f"the estimate was short of the maximum of the likelihood (EM stopped "
+        f"{'early' if result.converged else 'at max_iter'}): {what} at the maximum, "
+        f"reached by continuing EM from it for {info['iterations']} iterations "
+        f"(log-likelihood +{info['gained']:.3g}){moved}; result.at_maximum() returns that "
+        "fit, and the default EM(criterion='gap') stops there",
+        ConvergenceWarning,
+        stacklevel=4,
+    )
+    return top
 
 
 def covariance_of_estimates(
@@ -284,6 +389,11 @@ class Bootstrap:
     log_likelihood : array of shape (n_boot,)
         Each refit's final log-likelihood on its own resampled data.
     converged : bool array of shape (n_boot,)
+    continued : dict, optional
+        Where the EM estimate was short of the maximum: how EM was continued
+        to it before the refits (``iterations``, ``gained``,
+        ``from_log_likelihood``; see :meth:`FitResult.at_maximum`), and the
+        refits start there.  ``None`` when it was at the maximum.
     """
 
     kind: str
@@ -291,6 +401,7 @@ class Bootstrap:
     draws: dict[str, np.ndarray]
     log_likelihood: np.ndarray
     converged: np.ndarray
+    continued: dict | None = None
 
     def standard_errors(self) -> MixtureParams:
         """Standard deviation of each parameter over the refits, laid out as the
@@ -352,6 +463,9 @@ def bootstrap(
         max_iter = check_int(max_iter, "max_iter", minimum=1)
     check_choice(kind, "kind", BOOTSTRAP_KINDS)
     X, sample_weight, fixed = result._information_inputs(X, sample_weight)
+    start = maximum_for_uncertainty(result, X, sample_weight, "bootstrap refits started")
+    continued = start.diagnostics.get("continued") if start is not result else None
+    result = start
     X = np.asarray(X, result.params.weights.dtype)
     n = X.shape[0]
     w0 = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
@@ -375,6 +489,7 @@ def bootstrap(
         row_weights=row_weights,
         data=data,
         tol=min(s.get("tol", 1e-3), 1e-7) if tol is None else check_float(tol, "tol", 0.0),
+        criterion=s.get("criterion", "change"),
         max_iter=max(s.get("max_iter", 100), 1000) if max_iter is None else max_iter,
         reg_covar=s.get("reg_covar", 1e-6),
         fixed=fixed,
@@ -388,7 +503,7 @@ def bootstrap(
     draws.update({k: np.asarray(v) for k, v in params.components.items()})
     perms = permutations_to_reference(draws, result.params, np.std(X, axis=0))
     draws = apply_permutations(draws, perms, family)
-    return Bootstrap(kind, family, draws, lls, status == EMStatus.CONVERGED)
+    return Bootstrap(kind, family, draws, lls, status == EMStatus.CONVERGED, continued)
 
 
 __all__ = [

@@ -54,7 +54,7 @@ def test_jax_array_input_gives_the_numpy_fit(faithful, family, covariance):
     X = faithful if family in ("gaussian", "student_t") else _count_data(family)
     rng = np.random.default_rng(1)
     w = rng.integers(0, 4, len(X)).astype(float)  # zero weights too: those rows drop out
-    method = ml.EM(n_init=2, max_iter=60)
+    method = ml.EM(n_init=2, max_iter=60, criterion="change")
     kw = dict(family=family, covariance=covariance, key=3)
     host = ml.fit(X, 2, method, sample_weight=w, **kw)
     device = ml.fit(_device(X), 2, method, sample_weight=w, **kw)
@@ -68,7 +68,7 @@ def test_large_numpy_data_take_the_device_path_with_the_same_result(faithful, mo
     noisy = np.tile(faithful, (4, 1)) + np.random.default_rng(0).normal(0, 0.01, (4 * 272, 2))
     X = _aligned(noisy, 0)  # aligned: what jax.device_put would alias
     X_before = X.copy()
-    method = ml.EM(max_iter=40)
+    method = ml.EM(max_iter=40, criterion="change")
     host = ml.fit(X, 3, method, key=0)
     calls = []
     stats = em_data._device_stats

@@ -27,7 +27,7 @@ def test_parity_with_sklearn_from_the_same_start(covariance_type, formulation):
     r = ml.fit(
         PARITY_X,
         3,
-        ml.EM(init=start, max_iter=300, formulation=formulation),
+        ml.EM(init=start, max_iter=300, formulation=formulation, criterion="change"),
         covariance=covariance_type,
     )
     assert r.converged and gm.converged_

@@ -49,6 +49,7 @@ fixed = dict(tol=0.0, max_iter=12, n_init=2, chunk_size=500)
 # full and tied: the sums of every Gaussian layout go through the same all-reduce
 for cov in ("full", "tied"):
     cases[cov] = (X, 3, dict(covariance=cov, sample_weight=w, em=fixed))
+# Student-t starts by trimmed k-means ("auto"): its draws are those of one device too
 cases["student_t"] = (X, 3, dict(family="student_t", covariance="diag", em=dict(fixed, max_iter=6)))
 cases["collapse"] = (collapse, 4, dict(em=dict(n_init=1, max_iter=50)))
 if families:  # the other families' sums take the same all-reduce: a benchmark

@@ -104,6 +104,7 @@ def test_streaming_equals_in_memory(X, family, covariance, formulation):
     method = ml.EM(
         init=_start(family, covariance, data),
         tol=1e-5,
+        criterion="change",
         max_iter=300,
         on_collapse="ignore",
         formulation=formulation,

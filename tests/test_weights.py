@@ -45,7 +45,7 @@ def test_integer_weights_equal_duplicated_rows(family):
     X = _data(family)
     w = np.random.default_rng(5).integers(1, 4, len(X)).astype(float)
     start = _start(X, family)
-    em = ml.EM(init=start, tol=1e-10, max_iter=300)
+    em = ml.EM(init=start, tol=1e-10, criterion="change", max_iter=300)
     weighted = ml.fit(X, 2, em, family=family, sample_weight=w)
     duplicated = ml.fit(np.repeat(X, w.astype(int), axis=0), 2, em, family=family)
     _assert_same_fit(weighted, duplicated)
@@ -61,7 +61,7 @@ def test_zero_weights_equal_dropping_the_rows(family):
     X = _data(family)
     w = (np.arange(len(X)) % 3 != 0).astype(float)
     start = _start(X, family)
-    em = ml.EM(init=start, tol=1e-10, max_iter=300)
+    em = ml.EM(init=start, tol=1e-10, criterion="change", max_iter=300)
     weighted = ml.fit(X, 2, em, family=family, sample_weight=w)
     dropped = ml.fit(X[w > 0], 2, em, family=family)
     _assert_same_fit(weighted, dropped)
@@ -72,7 +72,7 @@ def test_the_tolerance_uses_the_weighted_mean_log_likelihood():
     the stopping iteration is the same."""
     X = _data("gaussian")
     start = _start(X, "gaussian")
-    em = ml.EM(init=start, tol=1e-4, max_iter=300)
+    em = ml.EM(init=start, tol=1e-4, criterion="change", max_iter=300)
     one = ml.fit(X, 2, em, sample_weight=np.ones(len(X)))
     two = ml.fit(X, 2, em, sample_weight=np.full(len(X), 2.0))
     assert one.n_iter == two.n_iter

@@ -2,9 +2,10 @@
 
 Iteration ``t`` (counting from 1) does an E-step at ``theta_{t-1}``, which
 gives the log-likelihood ``ll_{t-1}``, then an M-step giving ``theta_t``.  It
-stops when ``|ll_{t-1} - ll_{t-2}| / n < tol`` (scikit-learn's rule, so the
-iteration counts agree; ``n`` is the total row weight) or after ``max_iter``
-iterations; ``tol = 0`` runs exactly ``max_iter``.  A final E-step gives the
+stops by the rule of :mod:`mixlab.em.stopping` (by default when the
+log-likelihood still to gain, estimated from the last three, is below ``tol``;
+or scikit-learn's rule on the change of the mean per-row log-likelihood) or
+after ``max_iter`` iterations; ``tol = 0`` runs exactly ``max_iter``.  A final E-step gives the
 exact log-likelihood of the returned parameters, so ``trace`` has ``n_iter +
 1`` entries: ``trace[t]`` is the total log-likelihood of ``theta_t`` and
 ``trace[0]`` that of the start.
@@ -49,8 +50,9 @@ from mixlab.em.data import (
     summarize,
     to_chunks,
 )
-from mixlab.em.init import initial_params, pooled_params
+from mixlab.em.init import initial_params, pooled_params, resolve_init
 from mixlab.em.steps import e_pass, m_step_from_pass, objectives, worst_row
+from mixlab.em.stopping import DEFAULT_TOL, StopRule, should_stop, stop_rule
 from mixlab.errors import ConvergenceWarning, FitError
 from mixlab.families import Family
 from mixlab.params import MixtureParams
@@ -96,6 +98,7 @@ class EMSettings(NamedTuple):
     precompute_features: bool = False  # row features once per fit
     matmul_precision: str = "highest"  # jax.default_matmul_precision while lowering
     progress_every: int = 0  # report iterations to a progress bar every n (0: never)
+    standardize: bool = True  # starts measure distances on standardised data
 
     @property
     def max_reinit(self) -> int:
@@ -172,7 +175,7 @@ def run_em(
     F3: Array | None,
     W3: Array | None,
     n_samples: Array,
-    tol: Array,
+    rule: StopRule,
     max_iter: Array,
     reg: Array,
     data_var: Array,
@@ -183,7 +186,8 @@ def run_em(
 ) -> EMOutput:
     """Run EM from ``params0`` until the stopping rule holds (pure, jittable).
 
-    ``n_samples`` is the total row weight; ``max_iter`` (at most
+    ``n_samples`` is the total row weight; ``rule`` the stopping rule
+    (:mod:`mixlab.em.stopping`); ``max_iter`` (at most
     ``settings.capacity - 1``) an int32 scalar, so that fits differing only in
     it share a program; ``policy`` indexes
     :data:`COLLAPSE_POLICIES` (an int32 scalar); ``pooled`` is the whole
@@ -314,15 +318,18 @@ def run_em(
 
         accept = valid & ~still_collapsed
         n_iter = state.n_iter + accept.astype(jnp.int32)
-        change = (sums.objective - state.objective) / n_samples
+        stop = should_stop(
+            rule,
+            state.trace,
+            state.n_iter,
+            state.objective,
+            sums.objective,
+            n_samples,
+            restarted,
+            state.last_restart >= 0,
+        )
         status = jnp.select(
-            [
-                ~finite,
-                bad >= 0,
-                still_collapsed,
-                (jnp.abs(change) < tol) & ~restarted,
-                n_iter >= max_iter,
-            ],
+            [~finite, bad >= 0, still_collapsed, stop, n_iter >= max_iter],
             [
                 EMStatus.NONFINITE,
                 EMStatus.DEGENERATE,
@@ -386,7 +393,7 @@ def _program(
     X3: Array,
     W3: Array | None,
     n_samples: Array,
-    tol: Array,
+    rule: StopRule,
     max_iter: Array,
     reg: Array,
     data_var: Array,
@@ -410,6 +417,7 @@ def _program(
                 settings.init,
                 reg,
                 data_var,
+                settings.standardize,
             )
         return run_em(
             params0,
@@ -417,7 +425,7 @@ def _program(
             F3,
             W3,
             n_samples,
-            tol,
+            rule,
             max_iter,
             reg,
             data_var,
@@ -545,7 +553,7 @@ def fit_em(
     family: Family,
     *,
     key: Array,
-    tol: float,
+    tol: float | None,
     max_iter: int,
     n_init: int,
     init: str | MixtureParams,
@@ -560,6 +568,8 @@ def fit_em(
     matmul_precision: str = "highest",
     devices: Any = None,
     progress: bool = False,
+    criterion: str = "gap",
+    standardize: bool = True,
 ) -> EMRun:
     """Fit by EM with ``n_init`` batched restarts.
 
@@ -575,6 +585,8 @@ def fit_em(
     produced finite, valid parameters.
     """
     dtype = np.dtype(X.dtype)
+    if tol is None:
+        tol = DEFAULT_TOL[criterion]
     if sample_weight is not None:
         keep = sample_weight > 0
         if not keep.all():
@@ -603,7 +615,7 @@ def fit_em(
         init_method = None
     else:
         starts = restart_keys(key, n_init)
-        init_method = init
+        init_method = resolve_init(init, family)
     settings = EMSettings(
         family=family,
         n_components=n_components,
@@ -616,6 +628,7 @@ def fit_em(
         precompute_features=precompute,
         matmul_precision=matmul_precision,
         progress_every=Progress.every(max_iter, progress),
+        standardize=standardize,
     )
     total_weight = n_samples if sample_weight is None else float(sample_weight.sum())
     with jax.enable_x64(dtype == np.float64):
@@ -632,7 +645,7 @@ def fit_em(
             X3,
             W3,
             np.asarray(total_weight, dtype),
-            np.asarray(tol, dtype),
+            stop_rule(tol, criterion, dtype),
             np.asarray(max_iter, np.int32),
             np.asarray(reg_covar, dtype),
             np.asarray(summary.var, dtype),
@@ -679,8 +692,8 @@ def fit_em(
     if not converged and tol > 0:
         warnings.warn(
             f"the best of {len(status)} EM restart(s) did not converge within max_iter={max_iter} "
-            f"iterations (tol={tol}); increase max_iter or tol, or check the data for "
-            "degenerate structure",
+            f"iterations (tol={tol}, criterion={criterion!r}); increase max_iter or tol, or "
+            "check the data for degenerate structure",
             ConvergenceWarning,
             stacklevel=3,
         )
@@ -718,7 +731,7 @@ def _refit_program(
     X3: Array,
     W3: Array,
     totals: Array,
-    tol: Array,
+    rule: StopRule,
     max_iter: Array,
     reg: Array,
     data_var: Array,
@@ -731,7 +744,7 @@ def _refit_program(
 
     def one(X3: Array, W3: Array, total: Array) -> EMOutput:
         pooled = pooled_params(X3, W3, settings.n_components, settings.family, reg)
-        loop = (tol, max_iter, reg, data_var, policy, settings, pooled)
+        loop = (rule, max_iter, reg, data_var, policy, settings, pooled)
         return run_em(params0, X3, _row_features(X3, settings), W3, total, *loop, "replicates")
 
     in_axes = (0 if batched_data else None, 0, 0)
@@ -746,6 +759,7 @@ def refit_em(
     data: np.ndarray | None = None,
     tol: float,
     max_iter: int,
+    criterion: str = "gap",
     reg_covar: float,
     fixed: tuple[str, ...] = (),
     formulation: str = "auto",
@@ -800,7 +814,7 @@ def refit_em(
             jnp.asarray(X3),
             jnp.asarray(W3),
             jnp.asarray(row_weights.sum(axis=1), dtype),
-            jnp.asarray(tol, dtype),
+            stop_rule(tol, criterion, dtype),
             jnp.asarray(max_iter, jnp.int32),
             jnp.asarray(reg_covar, dtype),
             jnp.asarray(summary.var, dtype),

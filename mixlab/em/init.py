@@ -13,6 +13,23 @@ ordinary M-step:
 ``"random"``
     Random responsibilities, uniform then normalised per row (scikit-learn's
     ``"random"``).
+``"trimmed"``
+    Trimmed k-means: the rows of the densest ``1 - TRIM_FRACTION`` of the data
+    (by the distance to their ``DENSITY_NEIGHBOUR``-th nearest row of a
+    weighted subsample of ``DENSITY_REFERENCE_ROWS`` rows) are seeded by
+    k-means++ and refined by Lloyd iterations; the starting parameters are
+    fitted to those rows alone.  Gross outliers, which k-means++ picks first
+    because they are far from everything, neither seed a component nor
+    inflate a starting covariance.  The default of heavy-tailed families
+    (Student-t), whose point is data with outliers.
+``"auto"``
+    The family's :attr:`~mixlab.families.Family.default_init`: ``"trimmed"``
+    for Student-t, ``"kmeans++"`` otherwise.
+
+Distances are measured on the data scaled to unit variance per feature for
+location families (Gaussian, Student-t), so a start does not depend on the
+data's units (``EM(standardize=False)`` measures them in the data's units, as
+scikit-learn does).
 
 No start is degenerate.  After the nearest-seed assignment, a component with
 fewer points than its covariance layout needs (``D + 1`` for full, 2 for
@@ -39,7 +56,63 @@ from mixlab.params import MixtureParams
 
 Array = jax.Array
 
-INIT_METHODS = ("kmeans++", "kmeans", "random_from_data", "random")
+INIT_METHODS = ("auto", "kmeans++", "kmeans", "random_from_data", "random", "trimmed")
+
+#: ``"trimmed"``: the share of the (weighted) rows left out of the start as possible outliers.
+TRIM_FRACTION = 0.25
+#: ``"trimmed"``: the density of a row is the distance to its ``DENSITY_NEIGHBOUR``-th
+#: nearest row among ``DENSITY_REFERENCE_ROWS`` rows drawn by weight.
+DENSITY_REFERENCE_ROWS = 1024
+DENSITY_NEIGHBOUR = 10
+#: Bisection steps for the trimming threshold (the bracket shrinks by 2^-40).
+QUANTILE_BISECTION_STEPS = 40
+
+
+def resolve_init(method: str, family: Family) -> str:
+    """The starting method that ``method`` names for ``family`` (``"auto"`` resolved)."""
+    return family.default_init if method == "auto" else method
+
+
+def dense_core(key: Array, X3: Array, W3: Array | None, trim: float = TRIM_FRACTION) -> Array:
+    """Row weights (shape of ``X3[..., 0]``) with the sparsest ``trim`` share set to 0.
+
+    A row's sparseness is the distance to its ``DENSITY_NEIGHBOUR``-th nearest row in
+    a subsample drawn by weight: outliers are far from every cluster, so far from
+    their neighbours too, while a cluster's rows (even of a small cluster, with at
+    least ``DENSITY_NEIGHBOUR / DENSITY_REFERENCE_ROWS`` of the weight) have close
+    neighbours.
+    """
+    Xf, w = _flat(X3, W3)
+    n_ref = min(DENSITY_REFERENCE_ROWS, Xf.shape[0])
+    neighbour = min(DENSITY_NEIGHBOUR, n_ref)
+    # One 1-D draw per reference row, as k-means++ draws: the draws then do not depend on
+    # the padding after the rows (a 2-D draw's random bits depend on the row count).
+    log_w = jnp.log(w)
+    index = jax.vmap(lambda k: jax.random.categorical(k, log_w))(jax.random.split(key, n_ref))
+    refs = Xf[index]
+
+    def one(xc: Array) -> tuple[tuple[()], Array]:
+        _, d2 = _distances(xc, refs)
+        return (), -jax.lax.top_k(-d2, neighbour)[0][:, -1]
+
+    _, score = chunk_sum(one, (X3,))
+    # The weighted (1 - trim) quantile of the scores by bisection: sums only, no sort, so
+    # rows spread over devices trim as on one (ranked in float32, so data that differ in
+    # their last bits, centred by a mean summed in another order, trim alike).
+    score = jnp.where(w > 0, score.reshape(-1), 0.0).astype(jnp.float32)
+    target = (1.0 - trim) * jnp.sum(w)
+
+    def halve(_: int, bracket: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        enough = jnp.sum(jnp.where(score <= mid, w, 0.0)) >= target
+        return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+
+    bracket = (jnp.zeros((), jnp.float32), jnp.max(score))
+    _, threshold = jax.lax.fori_loop(0, QUANTILE_BISECTION_STEPS, halve, bracket)
+    keep = score <= threshold
+    return jnp.where(keep, w, 0.0).reshape(X3.shape[:2])
+
 
 LLOYD_MAX_ITER = 100
 LLOYD_TOL = 1e-4  # scikit-learn's KMeans tol, relative to the mean feature variance
@@ -84,14 +157,20 @@ def kmeans_plusplus(key: Array, Xf: Array, w: Array, n_components: int) -> tuple
     return centers, index
 
 
-def _nearest(xc: Array, centers: Array) -> tuple[Array, Array]:
-    """Nearest-center labels and squared distances for one chunk."""
+def _distances(xc: Array, centers: Array) -> tuple[Array, Array]:
+    """Squared distances of a chunk's rows to ``centers``: ``(raw, clipped at 0)``."""
     d2 = (
         jnp.sum(jnp.square(xc), axis=1, keepdims=True)
         - 2.0 * xc @ centers.T
         + jnp.sum(jnp.square(centers), axis=1)[None, :]
     )
-    return jnp.argmin(d2, axis=1), jnp.maximum(jnp.min(d2, axis=1), 0.0)
+    return d2, jnp.maximum(d2, 0.0)
+
+
+def _nearest(xc: Array, centers: Array) -> tuple[Array, Array]:
+    """Nearest-center labels and squared distances for one chunk."""
+    d2, clipped = _distances(xc, centers)
+    return jnp.argmin(d2, axis=1), jnp.min(clipped, axis=1)
 
 
 def _assign_resp(X3: Array, W3: Array | None, centers: Array) -> Array:
@@ -250,40 +329,55 @@ def initial_params(
     method: str,
     reg: Any,
     data_var: Array,
+    standardize: bool = True,
 ) -> MixtureParams:
     """Starting parameters by ``method`` (one of :data:`INIT_METHODS`).
 
-    ``data_var`` is the data's variance per feature (for the degeneracy test).
+    ``data_var`` is the data's variance per feature (for the degeneracy test,
+    and the scale of the distances when ``standardize`` and the family is a
+    location family).
     """
-    Xf, w = _flat(X3, W3)
+    method = resolve_init(method, family)
+    if method not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {method!r}")
     centers: Array | None = None
     if method == "random":
         resp3 = jax.random.uniform(key, (*X3.shape[:2], n_components), X3.dtype)
         resp3 = resp3 / jnp.sum(resp3, axis=-1, keepdims=True)
         if W3 is not None:
             resp3 = resp3 * W3[..., None]
-    elif method in ("kmeans++", "random_from_data", "kmeans"):
-        if method == "random_from_data":
-            index = jax.random.choice(
-                key, Xf.shape[0], (n_components,), replace=False, p=w / jnp.sum(w)
-            )
-            centers = Xf[index]
-        else:
-            centers, index = kmeans_plusplus(key, Xf, w, n_components)
-        if method == "kmeans":
-            centers = lloyd(X3, W3, centers)
-        labels = jnp.argmax(_assign_resp(X3, W3, centers), axis=-1).reshape(-1)
-        seeds = None if method == "kmeans" else index
-        if seeds is not None:  # each seed keeps its own row, so no component starts empty
-            labels = labels.at[seeds].set(jnp.arange(n_components))
-        labels = give_thin_components_points(
-            Xf, w, labels, centers, seeds, family.min_points(X3.shape[-1])
+        return _params_from_resp(X3, W3, resp3, family, reg, data_var, centers)
+    # Distances on standardised data: the start does not depend on the data's units.
+    scale = None
+    if standardize and family.location:
+        scale = jax.lax.rsqrt(jnp.where(data_var > 0, data_var, 1.0)).astype(X3.dtype)
+    Xs3 = X3 if scale is None else X3 * scale
+    W_seed = W3
+    if method == "trimmed":
+        core_key, key = jax.random.split(key)
+        W_seed = dense_core(core_key, Xs3, W3)
+    Xf, w = _flat(Xs3, W_seed)
+    if method == "random_from_data":
+        index = jax.random.choice(
+            key, Xf.shape[0], (n_components,), replace=False, p=w / jnp.sum(w)
         )
-        resp3 = jax.nn.one_hot(labels, n_components, dtype=X3.dtype).reshape(
-            (*X3.shape[:2], n_components)
-        )
-        if W3 is not None:
-            resp3 = resp3 * W3[..., None]
+        centers = Xf[index]
     else:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {method!r}")
+        centers, index = kmeans_plusplus(key, Xf, w, n_components)
+    if method in ("kmeans", "trimmed"):
+        centers = lloyd(Xs3, W_seed, centers)
+    labels = jnp.argmax(_assign_resp(Xs3, W_seed, centers), axis=-1).reshape(-1)
+    seeds = None if method in ("kmeans", "trimmed") else index
+    if seeds is not None:  # each seed keeps its own row, so no component starts empty
+        labels = labels.at[seeds].set(jnp.arange(n_components))
+    labels = give_thin_components_points(
+        Xf, w, labels, centers, seeds, family.min_points(X3.shape[-1])
+    )
+    resp3 = jax.nn.one_hot(labels, n_components, dtype=X3.dtype).reshape(
+        (*X3.shape[:2], n_components)
+    )
+    if W_seed is not None:
+        resp3 = resp3 * W_seed[..., None]
+    if scale is not None:
+        centers = centers / scale
     return _params_from_resp(X3, W3, resp3, family, reg, data_var, centers)

@@ -192,6 +192,10 @@ class Family(ABC):
     #: True when shifting the data shifts the components (a location family):
     #: EM then centres the data on their mean for accuracy and shifts back.
     location: ClassVar[bool] = False
+    #: The starting method of ``EM(init="auto")`` (:data:`mixlab.em.init.INIT_METHODS`):
+    #: ``"trimmed"`` for heavy-tailed families, whose data often hold gross outliers
+    #: that k-means++ would seed on.
+    default_init: ClassVar[str] = "kmeans++"
     #: EM formulations this family offers; the first is the default.
     formulations: ClassVar[tuple[str, ...]] = ("centred",)
     #: True for counts and binary data (densities are probabilities of integers).

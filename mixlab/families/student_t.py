@@ -46,7 +46,7 @@ Array = jax.Array
 
 #: Degrees of freedom are kept in this range; ``MAX_DOF`` is as good as Gaussian.
 MIN_DOF = 0.05
-MAX_DOF = 1000.0
+MAX_DOF = 200.0
 #: Bisection steps in ``log nu`` (the bracket shrinks by 2^-60).
 DOF_BISECTION_STEPS = 60
 
@@ -100,6 +100,8 @@ class StudentT(LocationScale, Family):
         Fix every component's degrees of freedom at this value; by default
         they are estimated (starting from :attr:`INITIAL_DOF`).
     """
+
+    default_init = "trimmed"  # outliers must not seed components (EM(init="auto"))
 
     second_pass_quadratic = True  # covariance sums about a centre (quadratic in it)
 
